@@ -1,0 +1,264 @@
+"""Array type -> backend: the registry, the checks that span arrays, and the result's type.
+
+``prepare`` looks at the arrays of one call, picks the backend (numpy ->
+``"cpu"``, cupy and other ``__cuda_array_interface__`` objects -> ``"cupy"``,
+numba device arrays -> ``"numba_cuda"``, or the ``backend=`` override),
+converts every array zero-copy to that backend's native type, and checks the
+dtypes and devices.  The public wrapper then validates shapes and calls
+``Call.run``, which makes the arrays contiguous, launches the backend's op on
+the input's device and hands the result back in the input's array type.
+
+GPU libraries are imported only when a GPU array or backend shows up, so
+``import fastconv`` works on a machine without any CUDA stack.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import _args
+from ._errors import BackendUnavailableError
+
+#: backend name -> (module, runs on GPU arrays?, accepts float16?)
+BACKENDS = {
+    "cpu": ("fastconv.backends.cpu", False, False),
+    # the oracle's ops are called by the wrappers themselves; this module is its array plumbing
+    "reference": ("fastconv.backends._host", False, False),
+    "cupy": ("fastconv.backends.cupy", True, True),
+    "numba_cuda": ("fastconv.backends.numba_cuda", True, False),
+}
+
+#: array kind -> the backend chosen when ``backend=None``
+DEFAULT_BACKEND = {"numpy": "cpu", "cupy": "cupy", "numba": "numba_cuda", "cai": "cupy"}
+
+
+def array_kind(obj) -> str:
+    """``"numpy"`` (host arrays and array-likes), ``"cupy"``, ``"numba"`` or ``"cai"``.
+
+    ``"cai"`` is any other object exposing ``__cuda_array_interface__``, e.g. a
+    PyTorch CUDA tensor; it is used zero-copy and the result comes back as a
+    cupy array.
+    """
+    if isinstance(obj, np.ndarray):
+        return "numpy"
+    module = type(obj).__module__
+    if module.startswith("cupy"):
+        return "cupy"
+    if module.startswith(("numba.", "numba_cuda.")):
+        return "numba"
+    if hasattr(obj, "__cuda_array_interface__"):
+        return "cai"
+    return "numpy"
+
+
+def _type_name(obj) -> str:
+    t = type(obj)
+    return f"{t.__module__.split('.')[0]}.{t.__qualname__}"
+
+
+def check_backend_name(name) -> None:
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a str or None, got {name!r}")
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {sorted(BACKENDS)}")
+
+
+def get_backend(name: str):
+    """Import a backend module by name and check that it can run here."""
+    check_backend_name(name)
+    module_name = BACKENDS[name][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:  # pragma: no cover - depends on the installation
+        hint = {
+            "cupy": 'pip install "fastconv[cuda]" (or pip install cupy-cuda13x)',
+            "numba_cuda": 'pip install "fastconv[cuda]" (or pip install "numba-cuda[cu13]")',
+        }.get(name, "reinstall fastconv")
+        message = f"backend {name!r} cannot be imported ({exc}); {hint}"
+        raise BackendUnavailableError(message) from exc
+    module.check_available()
+    return module
+
+
+def backend_status(name: str) -> tuple[bool, str]:
+    """``(usable, reason)`` for ``python -m fastconv info``."""
+    try:
+        get_backend(name)
+    except BackendUnavailableError as exc:
+        return False, str(exc)
+    except Exception as exc:  # noqa: BLE001 - report anything that stops a backend
+        return False, f"{type(exc).__name__}: {exc}"
+    return True, "ok"
+
+
+@dataclass
+class Call:
+    """One call's backend, native arrays and how to return its result."""
+
+    name: str
+    module: object
+    arrays: dict
+    dtype: np.dtype
+    result_kind: str
+    device: int | None = None
+    _stash: dict = field(default_factory=dict)
+
+    @property
+    def is_reference(self) -> bool:
+        return self.name == "reference"
+
+    def finish_reference(self, out64: np.ndarray) -> np.ndarray:
+        """The oracle computes in float64; the contract returns the input's dtype."""
+        return out64.astype(self.dtype, copy=False)
+
+    def run(self, op: str, *arrays, **params):
+        """Launch ``op`` with contiguous arrays on the input's device; wrap the result.
+
+        ``op`` is a function of the backend package (``"conv2d"``) or of one of
+        its sub-modules (``"resample.upsample"``).
+        """
+        module = self.module
+        # "resample.upsample" names an op in a sub-module of the backend package.
+        owner, _, func = op.rpartition(".")
+        target = importlib.import_module(f"{module.__name__}.{owner}") if owner else module
+        with module.use_device(self.device):
+            contiguous = [None if a is None else module.ascontiguous(a) for a in arrays]
+            out = getattr(target, func)(*contiguous, **params)
+        return self.wrap(out)
+
+    def wrap(self, out):
+        """Give the result back in the input's array type (cai inputs -> cupy)."""
+        kind = self.result_kind
+        if kind == "numpy":
+            return out
+        if kind in ("cupy", "cai") and self.name != "cupy":
+            import cupy
+
+            return cupy.asarray(out)
+        if kind == "numba" and self.name != "numba_cuda":
+            from numba import cuda
+
+            return cuda.as_cuda_array(out)
+        return out
+
+    def host_array(self, a) -> np.ndarray:
+        return np.asarray(self.module.to_host(a)) if self.device is not None else np.asarray(a)
+
+    def from_host(self, a: np.ndarray):
+        """A host array on this call's device, in the backend's native type."""
+        if self.device is None:
+            return a
+        with self.module.use_device(self.device):
+            if self.name == "cupy":
+                import cupy
+
+                return cupy.asarray(a)
+            from numba import cuda
+
+            return cuda.to_device(np.ascontiguousarray(a))
+
+
+def prepare(backend, **arrays) -> Call:
+    """Choose the backend for these arrays (the first one is the input) and convert them.
+
+    ``None`` entries (optional arrays) are passed through.  Raises ``TypeError``
+    for mixed host/GPU arrays, a host backend on GPU arrays (or the reverse),
+    and bad or mixed dtypes; ``ValueError`` for arrays on different GPUs or an
+    unknown backend name.
+    """
+    kinds = {name: array_kind(a) for name, a in arrays.items() if a is not None}
+    first = next(iter(kinds))
+    on_host = [n for n, k in kinds.items() if k == "numpy"]
+    on_gpu = [n for n, k in kinds.items() if k != "numpy"]
+    if on_host and on_gpu:
+        raise TypeError(
+            "cannot mix host and GPU arrays: "
+            + ", ".join(f"{n} is {_type_name(arrays[n])}" for n in kinds)
+        )
+    name = DEFAULT_BACKEND[kinds[first]] if backend is None else backend
+    if backend is not None:
+        check_backend_name(backend)
+        runs_on_gpu = BACKENDS[backend][1]
+        if runs_on_gpu and on_host:
+            raise TypeError(
+                f"backend {backend!r} runs on GPU arrays, but {first} is "
+                f"{_type_name(arrays[first])}; move the arrays to the GPU first "
+                "(e.g. cupy.asarray)"
+            )
+        if not runs_on_gpu and on_gpu:
+            raise TypeError(
+                f"backend {backend!r} runs on host arrays, but {first} is "
+                f"{_type_name(arrays[first])}; copy to the host first (e.g. cupy.asnumpy)"
+            )
+    module = get_backend(name)
+    native = {n: (None if a is None else module.as_native(a)) for n, a in arrays.items()}
+    dtype = _args.common_float_dtype(native, allow_half=BACKENDS[name][2], backend=name)
+    device = None
+    if BACKENDS[name][1]:
+        devices = {n: module.device_id(a) for n, a in native.items() if a is not None}
+        if len(set(devices.values())) > 1:
+            raise ValueError(
+                "arrays are on different GPUs: "
+                + ", ".join(f"{n} on device {d}" for n, d in devices.items())
+            )
+        device = devices[first]
+    return Call(name, module, native, dtype, kinds[first], device)
+
+
+def prepare_boxes(call: Call, boxes, batch: int, check: bool):
+    """Boxes in either torchvision format -> a native ``(K, 5)`` array in the input's dtype.
+
+    A list/tuple of ``(L_n, 4)`` arrays gets batch index ``n`` for its ``n``-th
+    entry.  With ``check`` the coordinates must be finite and the batch indices
+    integers in ``[0, batch)`` (on a GPU that costs one small device-to-host
+    copy and a sync).
+    """
+    is_list = isinstance(boxes, (list, tuple))
+    items = list(boxes) if is_list else [boxes]
+    host_items = []
+    for i, b in enumerate(items):
+        kind = array_kind(b)
+        label = f"boxes[{i}]" if is_list else "boxes"
+        if (kind == "numpy") != (call.device is None):
+            raise TypeError(
+                f"{label} is {_type_name(b)} but input is "
+                f"{'a host array' if call.device is None else 'a GPU array'}; "
+                "boxes must live where the input lives"
+            )
+        native = call.module.as_native(b) if kind != "numpy" else np.asarray(b)
+        dt = np.dtype(native.dtype)
+        if dt.kind not in "iuf":
+            raise TypeError(f"{label} must hold real numbers, got dtype {dt}")
+        if call.device is not None and kind != "numpy":
+            if call.module.device_id(native) != call.device:
+                raise ValueError(
+                    f"{label} is on device {call.module.device_id(native)} but input is on "
+                    f"device {call.device}"
+                )
+        host_items.append(native)
+    _args.check_box_shapes([tuple(b.shape) for b in host_items], is_list)
+
+    if not is_list and call.device is not None and not check and host_items[0].dtype == call.dtype:
+        return host_items[0]  # already a native (K, 5) array: no copy, no sync
+    if is_list:
+        parts = [call.host_array(b).astype(np.float64, copy=False) for b in host_items]
+        rois = np.concatenate(
+            [np.concatenate([np.full((len(p), 1), n, np.float64), p], axis=1) for n, p in
+             enumerate(parts)] or [np.zeros((0, 5))],
+            axis=0,
+        ).reshape(-1, 5)
+    else:
+        rois = call.host_array(host_items[0])
+    if check:
+        _args.check_rois(np.asarray(rois, dtype=np.float64), batch)
+    rois = np.ascontiguousarray(rois, dtype=call.dtype)
+    return call.from_host(rois)
+
+
+def loaded_gpu_libraries() -> list[str]:
+    """Which GPU libraries this process has imported (for tests of lazy imports)."""
+    return [m for m in ("cupy", "numba.cuda") if m in sys.modules]

@@ -1,0 +1,79 @@
+"""Shared fixtures: the backends under test, dtypes, and the random-case check against the oracle.
+
+GPU backends carry the ``gpu`` marker and skip cleanly when they cannot run
+(no CuPy / numba-cuda, or no GPU).  ``FASTCONV_TEST_EXAMPLES`` sets how many
+random configurations each op x dtype x backend test draws (default 200).
+"""
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+
+from fastconv import _dispatch, _random_cases
+
+N_EXAMPLES = int(os.environ.get("FASTCONV_TEST_EXAMPLES", "200"))
+
+ORACLE_SETTINGS = settings(
+    max_examples=N_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                           HealthCheck.data_too_large],
+    derandomize=True,  # CI runs the same cases every time; FASTCONV_TEST_EXAMPLES widens them
+)
+
+
+def _backend_param(name):
+    return name if name == "cpu" else pytest.param(name, marks=pytest.mark.gpu)
+
+
+@pytest.fixture(params=[_backend_param(n) for n in ("cpu", "cupy", "numba_cuda")])
+def backend(request):
+    name = request.param
+    if name != "cpu":
+        ok, why = _dispatch.backend_status(name)
+        if not ok:
+            pytest.skip(f"{name} backend unavailable: {why}")
+    return name
+
+
+@pytest.fixture(params=["float32", "float64"])
+def dtype(request):
+    return np.dtype(request.param)
+
+
+def _snapshot(arrays):
+    def copy(a):
+        if a is None:
+            return None
+        return [b.copy() for b in a] if isinstance(a, list) else a.copy()
+
+    return {k: copy(v) for k, v in arrays.items()}
+
+
+def assert_unchanged(before, after):
+    for name, a in after.items():
+        b = before[name]
+        pairs = zip(a, b, strict=True) if isinstance(a, list) else [(a, b)]
+        for x, y in pairs:
+            if x is not None:
+                np.testing.assert_array_equal(x, y, err_msg=f"{name} was modified")
+
+
+def check_random_case(op, backend, dtype, data):
+    """Draw one configuration of ``op`` and compare ``backend`` with the oracle."""
+
+    def pick(lo, hi):
+        return data.draw(st.integers(lo, hi))
+
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    case = _random_cases.GENERATORS[op](pick, rng, dtype)
+    before = _snapshot(case.arrays)
+    err, out, ref = _random_cases.run_case(case, backend)
+    assert out.dtype == dtype, f"result dtype {out.dtype} for {dtype} input"
+    assert out.shape == ref.shape, f"shape {out.shape} != oracle {ref.shape}: {case.describe()}"
+    tol = _random_cases.TOLERANCE[dtype]
+    assert err <= tol, f"relative error {err:.3g} > {tol:g} for {case.describe()}"
+    assert_unchanged(before, case.arrays)
