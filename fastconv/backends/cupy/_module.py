@@ -1,0 +1,202 @@
+"""Load, compile and cache the CUDA C kernels of the ``"cupy"`` backend.
+
+The kernels live in ``kernels/*.cu`` (templates over ``float``, ``double`` and
+``__half``) and ``kernels/*.cuh`` (shared headers).  :func:`source` reads a
+``.cu`` file with :mod:`importlib.resources` and splices in its
+``#include "x.cuh"`` lines, so the program needs no include path of ours.
+
+Every template instantiation a launcher may use is listed here, in pure Python
+(:func:`name_expressions`), so that ``tests/test_cupy_nvrtc.py`` compiles exactly
+those with NVRTC on a machine without CuPy or a GPU.  At run time one
+``cupy.RawModule`` per (device, ``.cu`` file, dtype) is compiled with that dtype's
+name expressions (CuPy keeps the binary, mangled names included, in its disk
+cache ``~/.cupy/kernel_cache``), and each kernel object is memoised per
+(device, name expression), so a warm call costs a dict lookup.
+
+CuPy is imported lazily (first launch), never at import time.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import re
+
+import numpy as np
+
+# ----------------------------------------------------------------------- what exists
+
+#: numpy dtype -> the C++ storage type of the templates
+CTYPES = {
+    np.dtype(np.float32): "float",
+    np.dtype(np.float64): "double",
+    np.dtype(np.float16): "__half",
+}
+
+#: compile-time square kernel sizes of conv2d_gemm (0 = any size, read at run time)
+GEMM_KSZ = (0, 1, 3)
+#: compile-time square kernel sizes of conv2d_depthwise_tiled (0 = any size)
+DEPTHWISE_KSZ = (0, 3, 5)
+#: output channels per thread of conv2d_direct / conv_transpose2d_direct
+DIRECT_KB = (1, 2, 4, 8, 16)
+#: channels per thread of roi_align / roi_pool
+ROI_CB = (1, 4, 8)
+
+FILES = ("conv.cu", "deform.cu", "roi.cu")
+
+#: NVRTC options given to CuPy (CuPy adds its own: the -arch for the device,
+#: -ftz=true, --device-as-default-execution-space and its include paths).
+OPTIONS = ("-std=c++17",)
+
+
+def expr(kernel: str, ctype: str, *params: int) -> str:
+    """The name expression of one instantiation, spelled as the demangler spells it."""
+    return "fc::" + kernel + "<" + ", ".join([ctype, *map(str, params)]) + ">"
+
+
+def name_expressions(file: str, ctype: str) -> tuple[str, ...]:
+    """Every instantiation in ``file`` for storage type ``ctype`` that a launcher may use."""
+    if file == "conv.cu":
+        return (
+            *(expr("conv2d_gemm", ctype, k) for k in GEMM_KSZ),
+            *(expr("conv2d_direct", ctype, kb) for kb in DIRECT_KB),
+            *(expr("conv2d_depthwise_tiled", ctype, k) for k in DEPTHWISE_KSZ),
+            expr("conv2d_depthwise_direct", ctype),
+            *(expr("conv_transpose2d_direct", ctype, kb) for kb in DIRECT_KB),
+        )
+    if file == "deform.cu":
+        return (expr("deform_im2col", ctype),)
+    if file == "roi.cu":
+        return (
+            *(expr("roi_align", ctype, cb) for cb in ROI_CB),
+            *(expr("roi_pool", ctype, cb) for cb in ROI_CB),
+        )
+    raise KeyError(file)
+
+
+def all_name_expressions() -> dict[str, tuple[str, ...]]:
+    """``{file: every name expression of every dtype}`` (what the NVRTC test compiles)."""
+    return {f: tuple(e for c in CTYPES.values() for e in name_expressions(f, c)) for f in FILES}
+
+
+#: name expression -> (file, ctype); the launchers may only ask for these
+_REGISTRY = {
+    e: (f, c) for f in FILES for c in CTYPES.values() for e in name_expressions(f, c)
+}
+
+_PRAGMA_ONCE = re.compile(r"^[ \t]*#[ \t]*pragma[ \t]+once[ \t]*$", re.MULTILINE)
+_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.MULTILINE)
+
+
+def source(file: str) -> str:
+    """The text of ``kernels/<file>`` with our ``#include "x.cuh"`` lines spliced in (once each)."""
+    root = importlib.resources.files(__package__).joinpath("kernels")
+    seen: set[str] = set()
+
+    def expand(name: str) -> str:
+        if name in seen:
+            return f"// {name}: already included\n"
+        seen.add(name)
+        text = root.joinpath(name).read_text(encoding="utf-8")
+        text = _PRAGMA_ONCE.sub("", text)  # inclusion is once-only here already
+        return _INCLUDE.sub(lambda m: expand(m.group(1)), text)
+
+    return expand(file)
+
+
+# ----------------------------------------------------------------------- run time
+
+_cupy = None
+_modules: dict = {}  # (device, file, ctype) -> cupy.RawModule
+_kernels: dict = {}  # (device, name expression) -> cupy.RawKernel
+_max_blocks: dict = {}  # device -> grid size cap for grid-stride kernels
+_extra_options: tuple = ()
+
+
+def cupy():
+    """The cupy module, imported on first use."""
+    global _cupy
+    if _cupy is None:
+        import cupy as cp
+
+        _cupy = cp
+    return _cupy
+
+
+def _header_options() -> tuple:
+    """``-I`` for cuda_fp16.h from the NVIDIA wheels (used only if CuPy's own path lacks it)."""
+    try:
+        from cuda.pathfinder import locate_nvidia_header_directory
+
+        located = locate_nvidia_header_directory("cudart")
+    except Exception:  # noqa: BLE001 - pathfinder missing or nothing found
+        return ()
+    path = getattr(located, "abs_path", located)
+    return (f"-I{path}",) if path else ()
+
+
+def _load(device: int, name: str):
+    global _extra_options
+    if name not in _REGISTRY:
+        raise KeyError(f"{name!r} is not a registered fastconv kernel")
+    file, ctype = _REGISTRY[name]
+    cp = cupy()
+    key = (device, file, ctype)
+    module = _modules.get(key)
+    if module is None:
+        module = cp.RawModule(
+            code=source(file),
+            options=OPTIONS + _extra_options,
+            name_expressions=name_expressions(file, ctype),
+        )
+        _modules[key] = module
+    try:
+        kernel = module.get_function(name)  # compiles (or reads the disk cache) on first use
+    except cp.cuda.compiler.CompileException as exc:
+        extra = _header_options()
+        if "cuda_fp16.h" not in str(exc) or not extra or _extra_options:
+            raise
+        # CuPy found no CUDA headers of its own: point NVRTC at the NVIDIA wheels' copy.
+        _extra_options = extra
+        del _modules[key]
+        return _load(device, name)
+    _kernels[(device, name)] = kernel
+    return kernel
+
+
+def kernel(name: str):
+    """The compiled kernel ``name`` (a registered name expression) on the current device."""
+    device = cupy().cuda.runtime.getDevice()
+    k = _kernels.get((device, name))
+    return k if k is not None else _load(device, name)
+
+
+def max_blocks() -> int:
+    """Grid size cap for the grid-stride kernels on the current device (64 blocks per SM)."""
+    cp = cupy()
+    device = cp.cuda.runtime.getDevice()
+    m = _max_blocks.get(device)
+    if m is None:
+        sms = cp.cuda.runtime.getDeviceProperties(device)["multiProcessorCount"]
+        m = _max_blocks[device] = 64 * int(sms)
+    return m
+
+
+def run(launches) -> None:
+    """Launch ``(name, grid, block, shared_mem, args)`` tuples in order on CuPy's current stream."""
+    device = cupy().cuda.runtime.getDevice()
+    for name, grid, block, smem, args in launches:
+        k = _kernels.get((device, name))
+        if k is None:
+            k = _load(device, name)
+        k((grid,), (block,), args, shared_mem=smem)
+
+
+def warm_up(dtypes=None) -> None:
+    """Compile (or load from the disk cache) every kernel for ``dtypes`` on the current device."""
+    device = cupy().cuda.runtime.getDevice()
+    for dtype in dtypes or CTYPES:
+        ctype = CTYPES[np.dtype(dtype)]
+        for file in FILES:
+            for name in name_expressions(file, ctype):
+                if (device, name) not in _kernels:
+                    _load(device, name)

@@ -1,0 +1,165 @@
+"""``conv2d`` and ``conv_transpose2d`` on CuPy arrays (kernels in ``kernels/conv.cu``).
+
+The public wrappers have validated everything; arrays are C-contiguous cupy
+arrays of one float dtype.  Each function allocates the output, asks a
+``plan_*`` function (pure Python: shapes in, kernel launches out -- no CuPy, so
+it can be exercised without a GPU) which kernel to run with which grid, and
+launches on CuPy's current stream.
+
+Kernel choice for ``conv2d`` (per group: ``Cg = C_in/groups`` input and
+``Kg = C_out/groups`` output channels):
+
+* ``Cg == 1`` (depthwise, any channel multiplier): ``conv2d_depthwise_tiled``
+  when its input tile fits in shared memory, else ``conv2d_depthwise_direct``;
+* ``Kg >= GEMM_MIN_KG``: the implicit-GEMM kernel ``conv2d_gemm``;
+* otherwise (grouped convolutions with few channels per group):
+  ``conv2d_direct`` with ``KB`` output channels per thread.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+from . import _module
+from ._module import CTYPES, expr
+
+#: output channels per group from which conv2d uses the implicit-GEMM kernel
+GEMM_MIN_KG = 32
+#: dynamic shared memory a launch may use (the default per-block limit)
+SMEM_BUDGET = 48 * 1024
+BLOCK = 256
+_I32 = np.int32
+
+
+def _acc_size(dtype) -> int:
+    return 8 if dtype == np.float64 else 4
+
+
+def _ksz(kh: int, kw: int, choices) -> int:
+    return kh if kh == kw and kh in choices else 0
+
+
+def _pick_kb(kg: int, khw: int, acc: int) -> int:
+    """Output channels per thread: the smallest power of two >= kg (<= 16) whose weights fit."""
+    kb = 1
+    while kb < kg and kb < 16:
+        kb *= 2
+    while kb > 1 and khw * kb * acc > SMEM_BUDGET:
+        kb //= 2
+    return kb
+
+
+def _grid(items: int, max_blocks: int) -> int:
+    return max(1, min(items, max_blocks))
+
+
+def plan_conv2d(x, weight, bias, out, stride, padding, dilation, groups, max_blocks):
+    """Launches ``[(name, grid, block, shared_mem, args)]`` for ``out = conv2d(x, weight)``."""
+    name, grid, smem, scalars = _conv2d_config(
+        x.shape, weight.shape, bias is not None, out.shape, stride, padding, dilation, groups,
+        x.dtype.char, max_blocks,
+    )
+    return [(name, grid, BLOCK, smem, (x, weight, weight if bias is None else bias, out) + scalars)]
+
+
+def plan_conv_transpose2d(x, weight, bias, out, stride, padding, dilation, groups, max_blocks):
+    """Launches computing ``out = conv_transpose2d(x, weight)`` by gathering."""
+    name, grid, smem, scalars = _conv_transpose2d_config(
+        x.shape, weight.shape, bias is not None, out.shape, stride, padding, dilation, groups,
+        x.dtype.char, max_blocks,
+    )
+    return [(name, grid, BLOCK, smem, (x, weight, weight if bias is None else bias, out) + scalars)]
+
+
+# The configurations are memoised on the shapes and parameters (all hashable), so a
+# repeated call costs one cache lookup instead of the arithmetic and the numpy scalars.
+
+
+@functools.lru_cache(maxsize=4096)
+def _conv2d_config(xshape, wshape, has_bias, oshape, stride, padding, dilation, groups, dchar,
+                   max_blocks):
+    """``(kernel name, grid, shared memory bytes, scalar args)`` of one conv2d launch."""
+    N, C_in, H, W = xshape
+    C_out, Cg, kH, kW = wshape
+    Ho, Wo = oshape[2], oshape[3]
+    dtype = np.dtype(dchar)
+    ctype = CTYPES[dtype]
+    acc = _acc_size(dtype)
+    Kg = C_out // groups
+    sH, sW = stride
+    pH, pW = padding
+    dH, dW = dilation
+    scalars = tuple(_I32(v) for v in (
+        N, C_in, H, W, C_out, Ho, Wo, kH, kW, sH, sW, pH, pW, dH, dW, groups, has_bias))
+    P = N * Ho * Wo
+    khw = kH * kW
+
+    if Cg == 1:
+        tile = ((31 * sH + (kH - 1) * dH + 1) * (31 * sW + (kW - 1) * dW + 1) + khw) * acc
+        if tile <= SMEM_BUDGET:
+            items = N * C_out * -(-Ho // 32) * -(-Wo // 32)
+            name = expr("conv2d_depthwise_tiled", ctype, _ksz(kH, kW, _module.DEPTHWISE_KSZ))
+            return name, _grid(items, max_blocks), tile, scalars
+        name = expr("conv2d_depthwise_direct", ctype)
+        return name, _grid(-(-N * C_out * Ho * Wo // BLOCK), max_blocks), 0, scalars
+
+    kb = _pick_kb(Kg, khw, acc)
+    if Kg >= GEMM_MIN_KG or khw * kb * acc > SMEM_BUDGET:
+        items = -(-P // 128) * -(-Kg // 64) * groups
+        name = expr("conv2d_gemm", ctype, _ksz(kH, kW, _module.GEMM_KSZ))
+        return name, _grid(items, max_blocks), 0, scalars
+
+    cb = min(Cg, SMEM_BUDGET // (khw * kb * acc))
+    items = -(-P // BLOCK) * -(-Kg // kb) * groups
+    name = expr("conv2d_direct", ctype, kb)
+    return name, _grid(items, max_blocks), cb * khw * kb * acc, scalars + (_I32(cb),)
+
+
+@functools.lru_cache(maxsize=4096)
+def _conv_transpose2d_config(xshape, wshape, has_bias, oshape, stride, padding, dilation, groups,
+                             dchar, max_blocks):
+    """``(kernel name, grid, shared memory bytes, scalar args)`` of one conv_transpose2d launch."""
+    N, C_in, H, W = xshape
+    _, Kg, kH, kW = wshape
+    C_out, Ho, Wo = oshape[1], oshape[2], oshape[3]
+    dtype = np.dtype(dchar)
+    acc = _acc_size(dtype)
+    Cg = C_in // groups
+    sH, sW = stride
+    pH, pW = padding
+    dH, dW = dilation
+    khw = kH * kW
+    kb = _pick_kb(Kg, khw, acc)
+    if khw * kb * acc > SMEM_BUDGET:
+        raise ValueError(
+            f"conv_transpose2d kernel of {kH}x{kW} taps is too large for the cupy backend"
+        )
+    cb = min(Cg, SMEM_BUDGET // (khw * kb * acc))
+    scalars = tuple(_I32(v) for v in (
+        N, C_in, H, W, C_out, Ho, Wo, kH, kW, sH, sW, pH, pW, dH, dW, groups, has_bias,
+        sH // math.gcd(sH, dH), sW // math.gcd(sW, dW), cb))
+    items = -(-(N * Ho * Wo) // BLOCK) * -(-Kg // kb) * groups
+    name = expr("conv_transpose2d_direct", CTYPES[dtype], kb)
+    return name, _grid(items, max_blocks), cb * khw * kb * acc, scalars
+
+
+def conv2d(x, weight, bias, *, stride, padding, dilation, groups, out_hw):
+    cp = _module.cupy()
+    out = cp.empty((x.shape[0], weight.shape[0], out_hw[0], out_hw[1]), dtype=x.dtype)
+    if out.size:
+        _module.run(plan_conv2d(x, weight, bias, out, stride, padding, dilation, groups,
+                                _module.max_blocks()))
+    return out
+
+
+def conv_transpose2d(x, weight, bias, *, stride, padding, dilation, groups, out_hw):
+    cp = _module.cupy()
+    c_out = weight.shape[1] * groups
+    out = cp.empty((x.shape[0], c_out, out_hw[0], out_hw[1]), dtype=x.dtype)
+    if out.size:
+        _module.run(plan_conv_transpose2d(x, weight, bias, out, stride, padding, dilation, groups,
+                                          _module.max_blocks()))
+    return out

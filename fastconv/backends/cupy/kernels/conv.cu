@@ -1,0 +1,439 @@
+// conv2d and conv_transpose2d (NCHW), templates over the storage type T
+// (float, double, __half; arithmetic in Acc<T>::type).
+//
+// Kernels (the launcher, conv.py, picks one per call):
+//   conv2d_gemm<T, KSZ>          implicit GEMM for many output channels per group:
+//                                out[k, p] = sum_r W[k, r] * im2col(x)[r, p] with
+//                                r = (c, i, j) and p = (n, y, x); 64x128 tiles of
+//                                (k, p) per block, 16-deep slices of r staged in shared
+//                                memory (weights and gathered inputs), 8x4 register tile
+//                                per thread, next slice prefetched into registers while
+//                                the current one is multiplied.  KSZ = 1 or 3 fixes a
+//                                square kernel size at compile time, 0 = any.
+//   conv2d_direct<T, KB>         few output channels per group (grouped convs): one
+//                                thread per output pixel computing KB output channels;
+//                                the group's weights are staged in shared memory in
+//                                chunks of CB input channels.
+//   conv2d_depthwise_tiled<T, KSZ>  one input channel per group (depthwise, channel
+//                                multiplier M = C_out / groups): a 32x32 output tile of one
+//                                (n, k) plane per block; its input tile (with halo) and the
+//                                kernel go to shared memory, each thread computes 4 rows.
+//   conv2d_depthwise_direct<T>   depthwise without shared memory (tiles that would not
+//                                fit: large strides/dilations/kernels).
+//   conv_transpose2d_direct<T, KB>  transposed conv by gathering (no atomics): each thread
+//                                owns one output pixel and KB output channels and sums the
+//                                input pixels that land on it; only the taps with
+//                                (y + pH - i*dH) % sH == 0 are visited (first tap found by
+//                                search, then steps of sH / gcd(sH, dH)).
+//
+// All kernels: 1-D blocks, grid-stride loops over 64-bit work-item counters, and
+// consecutive threads own consecutive output x (coalesced stores).  Work items are
+// block-uniform, so every thread reaches every __syncthreads().
+#include "common.cuh"
+
+namespace fc {
+
+// ------------------------------------------------------------------ conv2d: implicit GEMM
+
+template <typename T, int KSZ>
+__global__ void __launch_bounds__(256)
+conv2d_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
+            T* __restrict__ out, int N, int C_in, int H, int W, int C_out, int Ho, int Wo,
+            int kH_, int kW_, int sH, int sW, int pH, int pW, int dH, int dW, int groups,
+            int has_bias) {
+    typedef typename Acc<T>::type A;
+    constexpr int BM = 64, BN = 128, BK = 16, TM = 8, TN = 4;  // 256 threads: 8 (k) x 32 (p)
+    __shared__ __align__(16) A As[BK][BM + 4];
+    __shared__ __align__(16) A Bs[BK][BN];
+
+    const int kH = KSZ ? KSZ : kH_, kW = KSZ ? KSZ : kW_;
+    const int kHW = kH * kW;
+    const int Cg = C_in / groups, Kg = C_out / groups;
+    const int R = Cg * kHW;
+    const i64 HW = (i64)H * W, HWo = (i64)Ho * Wo;
+    const i64 P = (i64)N * HWo;
+    const int mTiles = (Kg + BM - 1) / BM;
+    const i64 pTiles = (P + BN - 1) / BN;
+    const i64 items = pTiles * mTiles * groups;
+
+    const int tid = threadIdx.x, tx = tid & 31, ty = tid >> 5;
+    const int a_r = tid & (BK - 1), a_m = tid >> 4;  // weight loads: (k = a_m + 16q, r = a_r)
+    const int b_p = tid & (BN - 1), b_r = tid >> 7;  // input loads:  (r = b_r + 2q, p = b_p)
+
+    for (i64 item = blockIdx.x; item < items; item += gridDim.x) {
+        const i64 pt = item % pTiles;
+        const i64 rest = item / pTiles;
+        const int mt = (int)(rest % mTiles), g = (int)(rest / mTiles);
+        const i64 p0 = pt * BN;
+        const int m0 = mt * BM;
+
+        // The one output pixel whose column of im2col(x) this thread gathers.
+        const i64 pb = p0 + b_p;
+        const bool pb_ok = pb < P;
+        int iy0 = 0, ix0 = 0;
+        const T* xb = x;
+        if (pb_ok) {
+            const i64 n = pb / HWo;
+            const i64 yx = pb - n * HWo;
+            const int y = (int)(yx / Wo), xo = (int)(yx - (i64)y * Wo);
+            iy0 = y * sH - pH;
+            ix0 = xo * sW - pW;
+            xb = x + ((i64)n * C_in + (i64)g * Cg) * HW;
+        }
+        const T* wg = w + (i64)g * Kg * R;  // rows of this group's output channels
+
+        A ra[4], rb[8];
+        auto load_slice = [&](int r0) {
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+                const int m = m0 + a_m + 16 * q, r = r0 + a_r;
+                ra[q] = (m < Kg && r < R) ? ld(wg + (i64)m * R + r) : A(0);
+            }
+#pragma unroll
+            for (int q = 0; q < 8; ++q) {
+                const int r = r0 + b_r + 2 * q;
+                A v = A(0);
+                if (pb_ok && r < R) {
+                    const int c = r / kHW, t = r - c * kHW;
+                    const int i = t / kW, j = t - i * kW;
+                    const int iy = iy0 + i * dH, ix = ix0 + j * dW;
+                    if (in_range(iy, H) && in_range(ix, W)) v = ld(xb + c * HW + (i64)iy * W + ix);
+                }
+                rb[q] = v;
+            }
+        };
+
+        A acc[TM][TN];
+#pragma unroll
+        for (int i = 0; i < TM; ++i)
+#pragma unroll
+            for (int j = 0; j < TN; ++j) acc[i][j] = A(0);
+
+        load_slice(0);
+        for (int r0 = 0; r0 < R; r0 += BK) {
+#pragma unroll
+            for (int q = 0; q < 4; ++q) As[a_r][a_m + 16 * q] = ra[q];
+#pragma unroll
+            for (int q = 0; q < 8; ++q) Bs[b_r + 2 * q][b_p] = rb[q];
+            __syncthreads();
+            if (r0 + BK < R) load_slice(r0 + BK);  // global loads overlap the multiply below
+#pragma unroll
+            for (int kk = 0; kk < BK; ++kk) {
+                A a[TM], b[TN];
+#pragma unroll
+                for (int i = 0; i < TM; ++i) a[i] = As[kk][ty + 8 * i];
+#pragma unroll
+                for (int j = 0; j < TN; ++j) b[j] = Bs[kk][tx + 32 * j];
+#pragma unroll
+                for (int i = 0; i < TM; ++i)
+#pragma unroll
+                    for (int j = 0; j < TN; ++j) acc[i][j] += a[i] * b[j];
+            }
+            __syncthreads();
+        }
+
+#pragma unroll
+        for (int j = 0; j < TN; ++j) {
+            const i64 p = p0 + tx + 32 * j;
+            if (p >= P) continue;
+            const i64 n = p / HWo;
+            const i64 yx = p - n * HWo;
+            T* ob = out + ((i64)n * C_out + (i64)g * Kg) * HWo + yx;
+#pragma unroll
+            for (int i = 0; i < TM; ++i) {
+                const int m = m0 + ty + 8 * i;
+                if (m < Kg) {
+                    const A bv = has_bias ? ld(bias + g * Kg + m) : A(0);
+                    ob[(i64)m * HWo] = from_acc<T>(acc[i][j] + bv);
+                }
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------ conv2d: direct
+
+template <typename T, int KB>
+__global__ void __launch_bounds__(256)
+conv2d_direct(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
+              T* __restrict__ out, int N, int C_in, int H, int W, int C_out, int Ho, int Wo,
+              int kH, int kW, int sH, int sW, int pH, int pW, int dH, int dW, int groups,
+              int has_bias, int CB) {
+    typedef typename Acc<T>::type A;
+    FC_DYNAMIC_SMEM(A, ws);  // [CB][kH][kW][KB]
+
+    const int kHW = kH * kW;
+    const int Cg = C_in / groups, Kg = C_out / groups;
+    const int kChunks = (Kg + KB - 1) / KB;
+    const i64 HW = (i64)H * W, HWo = (i64)Ho * Wo;
+    const i64 P = (i64)N * HWo;
+    const int bs = blockDim.x, tid = threadIdx.x;
+    const i64 pTiles = (P + bs - 1) / bs;
+    const i64 items = pTiles * kChunks * groups;
+
+    for (i64 item = blockIdx.x; item < items; item += gridDim.x) {
+        const i64 pt = item % pTiles;
+        const i64 rest = item / pTiles;
+        const int kc = (int)(rest % kChunks), g = (int)(rest / kChunks);
+        const int k0 = kc * KB;
+
+        const i64 p = pt * bs + tid;
+        const bool ok = p < P;
+        i64 n = 0, yx = 0;
+        int iy0 = 0, ix0 = 0;
+        if (ok) {
+            n = p / HWo;
+            yx = p - n * HWo;
+            const int y = (int)(yx / Wo), xo = (int)(yx - (i64)y * Wo);
+            iy0 = y * sH - pH;
+            ix0 = xo * sW - pW;
+        }
+        const T* xb = x + ((i64)n * C_in + (i64)g * Cg) * HW;
+
+        A acc[KB];
+#pragma unroll
+        for (int kb = 0; kb < KB; ++kb) acc[kb] = A(0);
+
+        for (int c0 = 0; c0 < Cg; c0 += CB) {
+            const int cn = imin(CB, Cg - c0);
+            const int total = cn * kHW * KB;
+            __syncthreads();
+            for (int e = tid; e < total; e += bs) {
+                const int kb = e % KB, ct = e / KB;  // ct = cl * kHW + t
+                const int k = k0 + kb;
+                ws[e] = (k < Kg) ? ld(w + ((i64)(g * Kg + k) * Cg + c0) * kHW + ct) : A(0);
+            }
+            __syncthreads();
+            if (!ok) continue;
+            for (int cl = 0; cl < cn; ++cl) {
+                const T* plane = xb + (i64)(c0 + cl) * HW;
+                const A* wc = ws + cl * kHW * KB;
+                for (int i = 0; i < kH; ++i) {
+                    const int iy = iy0 + i * dH;
+                    if (!in_range(iy, H)) continue;
+                    const T* row = plane + (i64)iy * W;
+                    const A* wr = wc + i * kW * KB;
+                    for (int j = 0; j < kW; ++j) {
+                        const int ix = ix0 + j * dW;
+                        if (!in_range(ix, W)) continue;
+                        const A v = ld(row + ix);
+                        const A* wt = wr + j * KB;
+#pragma unroll
+                        for (int kb = 0; kb < KB; ++kb) acc[kb] += v * wt[kb];
+                    }
+                }
+            }
+        }
+        if (ok) {
+            T* ob = out + ((i64)n * C_out + (i64)g * Kg + k0) * HWo + yx;
+#pragma unroll
+            for (int kb = 0; kb < KB; ++kb) {
+                if (k0 + kb < Kg) {
+                    const A bv = has_bias ? ld(bias + g * Kg + k0 + kb) : A(0);
+                    ob[(i64)kb * HWo] = from_acc<T>(acc[kb] + bv);
+                }
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------ conv2d: depthwise
+
+template <typename T, int KSZ>
+__global__ void __launch_bounds__(256)
+conv2d_depthwise_tiled(const T* __restrict__ x, const T* __restrict__ w,
+                       const T* __restrict__ bias, T* __restrict__ out, int N, int C_in, int H,
+                       int W, int C_out, int Ho, int Wo, int kH_, int kW_, int sH, int sW,
+                       int pH, int pW, int dH, int dW, int groups, int has_bias) {
+    typedef typename Acc<T>::type A;
+    constexpr int TW = 32, TH = 32, ROWS = TH / 8;  // 256 threads = 32 (x) x 8 (y), 4 rows each
+    FC_DYNAMIC_SMEM(A, tile);                       // [IH][IW] input tile, then [kH][kW] weights
+
+    const int kH = KSZ ? KSZ : kH_, kW = KSZ ? KSZ : kW_;
+    const int kHW = kH * kW;
+    const int IW = (TW - 1) * sW + (kW - 1) * dW + 1;
+    const int IH = (TH - 1) * sH + (kH - 1) * dH + 1;
+    const int tileSize = IH * IW;
+    A* wsh = tile + tileSize;
+    const int M = C_out / groups;  // channel multiplier; input channel of output k is k / M
+    const i64 HW = (i64)H * W;
+    const int tilesX = (Wo + TW - 1) / TW, tilesY = (Ho + TH - 1) / TH;
+    const i64 planes = (i64)N * C_out;
+    const i64 items = planes * tilesY * tilesX;
+    const int tid = threadIdx.x, tx = tid & 31, ty = tid >> 5;
+
+    for (i64 item = blockIdx.x; item < items; item += gridDim.x) {
+        const int tX = (int)(item % tilesX);
+        const i64 rest = item / tilesX;
+        const int tY = (int)(rest % tilesY);
+        const i64 plane = rest / tilesY;
+        const i64 n = plane / C_out;
+        const int k = (int)(plane - n * C_out);
+        const int c = k / M;
+        const int oy0 = tY * TH, ox0 = tX * TW;
+        const int iy0 = oy0 * sH - pH, ix0 = ox0 * sW - pW;
+        const T* src = x + ((i64)n * C_in + c) * HW;
+
+        __syncthreads();  // the previous item's tile is no longer read
+        for (int e = tid; e < tileSize; e += 256) {
+            const int ly = e / IW, lx = e - ly * IW;
+            const int iy = iy0 + ly, ix = ix0 + lx;
+            tile[e] = (in_range(iy, H) && in_range(ix, W)) ? ld(src + (i64)iy * W + ix) : A(0);
+        }
+        for (int e = tid; e < kHW; e += 256) wsh[e] = ld(w + (i64)k * kHW + e);
+        __syncthreads();
+
+        const A bv = has_bias ? ld(bias + k) : A(0);
+        const int ox = ox0 + tx;
+        T* ob = out + plane * Ho * (i64)Wo;
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r) {
+            const int oyl = ty + 8 * r, oy = oy0 + oyl;
+            if (ox < Wo && oy < Ho) {
+                A acc = A(0);
+                const A* t0 = tile + oyl * sH * IW + tx * sW;
+#pragma unroll
+                for (int i = 0; i < kH; ++i) {
+                    const A* trow = t0 + i * dH * IW;
+#pragma unroll
+                    for (int j = 0; j < kW; ++j) acc += trow[j * dW] * wsh[i * kW + j];
+                }
+                ob[(i64)oy * Wo + ox] = from_acc<T>(acc + bv);
+            }
+        }
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(256)
+conv2d_depthwise_direct(const T* __restrict__ x, const T* __restrict__ w,
+                        const T* __restrict__ bias, T* __restrict__ out, int N, int C_in, int H,
+                        int W, int C_out, int Ho, int Wo, int kH, int kW, int sH, int sW, int pH,
+                        int pW, int dH, int dW, int groups, int has_bias) {
+    typedef typename Acc<T>::type A;
+    const int M = C_out / groups;
+    const int kHW = kH * kW;
+    const i64 HW = (i64)H * W;
+    const i64 total = (i64)N * C_out * Ho * Wo;
+    for (i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+         idx += (i64)gridDim.x * blockDim.x) {
+        const int xo = (int)(idx % Wo);
+        const i64 t = idx / Wo;
+        const int y = (int)(t % Ho);
+        const i64 plane = t / Ho;
+        const i64 n = plane / C_out;
+        const int k = (int)(plane - n * C_out);
+        const T* src = x + ((i64)n * C_in + k / M) * HW;
+        const T* wk = w + (i64)k * kHW;
+        const int iy0 = y * sH - pH, ix0 = xo * sW - pW;
+        A acc = A(0);
+        for (int i = 0; i < kH; ++i) {
+            const int iy = iy0 + i * dH;
+            if (!in_range(iy, H)) continue;
+            const T* row = src + (i64)iy * W;
+            for (int j = 0; j < kW; ++j) {
+                const int ix = ix0 + j * dW;
+                if (in_range(ix, W)) acc += ld(row + ix) * ld(wk + i * kW + j);
+            }
+        }
+        out[idx] = from_acc<T>(acc + (has_bias ? ld(bias + k) : A(0)));
+    }
+}
+
+// ------------------------------------------------------------------ conv_transpose2d: gather
+
+template <typename T, int KB>
+__global__ void __launch_bounds__(256)
+conv_transpose2d_direct(const T* __restrict__ x, const T* __restrict__ w,
+                        const T* __restrict__ bias, T* __restrict__ out, int N, int C_in, int H,
+                        int W, int C_out, int Ho, int Wo, int kH, int kW, int sH, int sW, int pH,
+                        int pW, int dH, int dW, int groups, int has_bias, int stepH, int stepW,
+                        int CB) {
+    typedef typename Acc<T>::type A;
+    FC_DYNAMIC_SMEM(A, ws);  // [CB][kH][kW][KB]
+
+    const int kHW = kH * kW;
+    const int Cg = C_in / groups, Kg = C_out / groups;  // weight is (C_in, Kg, kH, kW)
+    const int kChunks = (Kg + KB - 1) / KB;
+    const i64 HW = (i64)H * W, HWo = (i64)Ho * Wo;
+    const i64 P = (i64)N * HWo;
+    const int bs = blockDim.x, tid = threadIdx.x;
+    const i64 pTiles = (P + bs - 1) / bs;
+    const i64 items = pTiles * kChunks * groups;
+
+    for (i64 item = blockIdx.x; item < items; item += gridDim.x) {
+        const i64 pt = item % pTiles;
+        const i64 rest = item / pTiles;
+        const int kc = (int)(rest % kChunks), g = (int)(rest / kChunks);
+        const int k0 = kc * KB;
+
+        const i64 p = pt * bs + tid;
+        bool ok = p < P;
+        i64 n = 0, yx = 0;
+        int y = 0, xo = 0, i_first = -1, j_first = -1;
+        if (ok) {
+            n = p / HWo;
+            yx = p - n * HWo;
+            y = (int)(yx / Wo);
+            xo = (int)(yx - (i64)y * Wo);
+            // taps with (y + pH - i*dH) % sH == 0 are i_first + m * stepH
+            const int ry = (y + pH) % sH, rx = (xo + pW) % sW;
+            for (int i = 0; i < imin(stepH, kH); ++i)
+                if ((i * dH) % sH == ry) { i_first = i; break; }
+            for (int j = 0; j < imin(stepW, kW); ++j)
+                if ((j * dW) % sW == rx) { j_first = j; break; }
+        }
+        const bool any = ok && i_first >= 0 && j_first >= 0;
+        const T* xb = x + ((i64)n * C_in + (i64)g * Cg) * HW;
+
+        A acc[KB];
+#pragma unroll
+        for (int kb = 0; kb < KB; ++kb) acc[kb] = A(0);
+
+        for (int c0 = 0; c0 < Cg; c0 += CB) {
+            const int cn = imin(CB, Cg - c0);
+            const int total = cn * kHW * KB;
+            __syncthreads();
+            for (int e = tid; e < total; e += bs) {
+                const int kb = e % KB, ct = e / KB;  // ct = cl * kHW + t
+                const int cl = ct / kHW, t = ct - cl * kHW;
+                const int k = k0 + kb;
+                ws[e] = (k < Kg) ? ld(w + ((i64)(g * Cg + c0 + cl) * Kg + k) * kHW + t) : A(0);
+            }
+            __syncthreads();
+            if (!any) continue;
+            for (int i = i_first; i < kH; i += stepH) {
+                const int ty_ = y + pH - i * dH;
+                if (ty_ < 0) break;
+                const int iy = ty_ / sH;
+                if (iy >= H) continue;
+                for (int j = j_first; j < kW; j += stepW) {
+                    const int tx_ = xo + pW - j * dW;
+                    if (tx_ < 0) break;
+                    const int ix = tx_ / sW;
+                    if (ix >= W) continue;
+                    const T* src = xb + (i64)c0 * HW + (i64)iy * W + ix;
+                    const A* wt = ws + (i * kW + j) * KB;
+                    for (int cl = 0; cl < cn; ++cl) {
+                        const A v = ld(src + (i64)cl * HW);
+                        const A* wc = wt + cl * kHW * KB;
+#pragma unroll
+                        for (int kb = 0; kb < KB; ++kb) acc[kb] += v * wc[kb];
+                    }
+                }
+            }
+        }
+        if (ok) {
+            T* ob = out + ((i64)n * C_out + (i64)g * Kg + k0) * HWo + yx;
+#pragma unroll
+            for (int kb = 0; kb < KB; ++kb) {
+                if (k0 + kb < Kg) {
+                    const A bv = has_bias ? ld(bias + g * Kg + k0 + kb) : A(0);
+                    ob[(i64)kb * HWo] = from_acc<T>(acc[kb] + bv);
+                }
+            }
+        }
+    }
+}
+
+}  // namespace fc

@@ -1,0 +1,70 @@
+"""``roi_align`` and ``roi_pool`` on CuPy arrays (kernels in ``kernels/roi.cu``).
+
+One thread per (box, chunk of CB channels, output bin); the box geometry and the
+bilinear taps (roi_align) or bin limits (roi_pool) are computed once per thread
+and reused for its CB channels.  ``rois`` is ``(K, 5)`` in the input's dtype,
+already checked by the public wrapper.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from . import _module
+from ._module import CTYPES, expr
+from .conv import BLOCK, _grid
+
+_I32 = np.int32
+
+
+def _cb(c: int) -> int:
+    return 8 if c >= 8 else 4 if c >= 4 else 1
+
+
+def _scale(dtype, spatial_scale):
+    return np.float64(spatial_scale) if dtype == np.float64 else np.float32(spatial_scale)
+
+
+def plan_roi_align(x, rois, out, spatial_scale, sampling_ratio, aligned, max_blocks):
+    name, grid, scalars = _roi_config(
+        "roi_align", x.shape, out.shape, x.dtype.char, max_blocks, spatial_scale,
+        int(sampling_ratio), bool(aligned))
+    return [(name, grid, BLOCK, 0, (x, rois, out) + scalars)]
+
+
+def plan_roi_pool(x, rois, out, spatial_scale, max_blocks):
+    name, grid, scalars = _roi_config(
+        "roi_pool", x.shape, out.shape, x.dtype.char, max_blocks, spatial_scale)
+    return [(name, grid, BLOCK, 0, (x, rois, out) + scalars)]
+
+
+@functools.lru_cache(maxsize=4096)
+def _roi_config(kernel, xshape, oshape, dchar, max_blocks, spatial_scale, *extra):
+    """``(kernel name, grid, scalar args)``, memoised on shapes and parameters."""
+    N, C, H, W = xshape
+    K, _, PH, PW = oshape
+    dtype = np.dtype(dchar)
+    cb = _cb(C)
+    scalars = (_I32(K), _I32(C), _I32(H), _I32(W), _I32(PH), _I32(PW),
+               _scale(dtype, spatial_scale)) + tuple(_I32(v) for v in extra)
+    total = K * -(-C // cb) * PH * PW
+    return expr(kernel, CTYPES[dtype], cb), _grid(-(-total // BLOCK), max_blocks), scalars
+
+
+def roi_align(x, rois, *, output_size, spatial_scale, sampling_ratio, aligned):
+    cp = _module.cupy()
+    out = cp.empty((rois.shape[0], x.shape[1], output_size[0], output_size[1]), dtype=x.dtype)
+    if out.size:
+        _module.run(plan_roi_align(x, rois, out, spatial_scale, sampling_ratio, aligned,
+                                   _module.max_blocks()))
+    return out
+
+
+def roi_pool(x, rois, *, output_size, spatial_scale):
+    cp = _module.cupy()
+    out = cp.empty((rois.shape[0], x.shape[1], output_size[0], output_size[1]), dtype=x.dtype)
+    if out.size:
+        _module.run(plan_roi_pool(x, rois, out, spatial_scale, _module.max_blocks()))
+    return out
