@@ -62,7 +62,7 @@ def roi_align(
     --------
     >>> import numpy as np, fastconv
     >>> x = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)
-    >>> boxes = np.array([[0, 0.0, 0.0, 3.0, 3.0]])
+    >>> boxes = np.array([[0, 0.0, 0.0, 4.0, 4.0]])
     >>> fastconv.roi_align(x, boxes, 1, aligned=True)   # mean over the box
     array([[[[7.5]]]])
     """

@@ -1,0 +1,239 @@
+"""Launch configuration, stream choice and small host-side helpers for the numba.cuda backend.
+
+Everything that decides *how* a kernel is launched lives here, in one place:
+
+* :data:`settings` -- block sizes, grid caps and implicit-GEMM tile shapes.  The tests
+  shrink them (:func:`configure`) so that, in the CUDA simulator, several blocks and the
+  grid-stride loops run on tiny inputs.
+* :func:`current_stream` -- the stream every kernel is launched on: CuPy's current stream
+  (through ``cuda.external_stream``) when CuPy is already imported, else numba's default
+  stream.
+* :func:`launch` -- configures a kernel once per (grid, block, stream) and calls it, so the
+  per-call host cost is a dict lookup plus numba's argument marshalling.
+
+This module imports ``numba.cuda``; it is only imported when the backend is used.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+from numba import cuda
+from numba.cuda.core import config as _nb_config
+
+SIMULATOR = bool(_nb_config.ENABLE_CUDASIM)
+
+#: the largest grid size per dimension that is used (the kernels grid-stride beyond it)
+_HW_MAX_GRID = (2**31 - 1, 65535, 65535)
+
+
+@dataclass(frozen=True)
+class Tiles:
+    """Shape of one implicit-GEMM tile.
+
+    ``BM`` output channels x ``BN`` output pixels per block, reduction chunk ``BK``;
+    each thread accumulates a ``TM`` x ``TN`` register tile, so a block has
+    ``(BM // TM) * (BN // TN)`` threads.
+    """
+
+    BM: int
+    BN: int
+    BK: int
+    TM: int
+    TN: int
+
+    @property
+    def threads(self) -> int:
+        return (self.BM // self.TM) * (self.BN // self.TN)
+
+    def check(self) -> None:
+        nt = self.threads
+        ok = (
+            self.BM % self.TM == 0
+            and self.BN % self.TN == 0
+            and nt % self.BN == 0  # B-tile loader: whole pixel columns per thread row
+            and (self.BK * self.BN) % nt == 0
+            and nt % self.BK == 0  # A-tile loader: one reduction row per thread
+            and (self.BM * self.BK) % nt == 0
+            and nt <= 1024
+        )
+        if not ok:
+            raise ValueError(f"inconsistent implicit-GEMM tiles {self}")
+
+
+@dataclass
+class Settings:
+    """Launch settings (see :func:`configure`)."""
+
+    #: threads per block of the element-wise kernels (direct conv, RoI ops, copies)
+    block: int = 256
+    #: upper bounds on the grid (x, y, z); the kernels grid-stride over the rest
+    max_grid: tuple = _HW_MAX_GRID
+    #: implicit-GEMM tiles for many output channels per group ...
+    tiles_wide: Tiles = Tiles(BM=64, BN=64, BK=16, TM=4, TN=4)
+    #: ... and for a moderate number
+    tiles_narrow: Tiles = Tiles(BM=32, BN=64, BK=16, TM=2, TN=4)
+    #: output channels per group from which the narrow / wide GEMM tiles are used
+    gemm_min_channels: int = 12
+    gemm_wide_channels: int = 48
+    #: reduction length (input channels per group x taps) below which the direct kernel is used
+    gemm_min_reduction: int = 8
+    #: the wide tiles are used only if they give at least this many blocks (else the narrow ones)
+    gemm_wide_min_blocks: int = 128
+    #: channels per thread in roi_align (bilinear weights are reused across them)
+    roi_channels_per_thread: int = 4
+
+
+settings = Settings()
+
+
+def configure(**changes) -> Settings:
+    """Change launch settings in place (tests, tuning); returns a copy of the previous ones.
+
+    ``settings`` stays the same object, so modules holding a reference see the change.
+    Kernels are built per (dtype, tile shape), so changed tiles take effect at once.
+    """
+    new = replace(settings, **changes)
+    new.tiles_wide.check()
+    new.tiles_narrow.check()
+    if not 1 <= new.block <= 1024 or new.roi_channels_per_thread < 1:
+        raise ValueError(f"bad launch settings {new}")
+    if len(new.max_grid) != 3 or min(new.max_grid) < 1:
+        raise ValueError(f"bad grid caps {new.max_grid}")
+    old = replace(settings)
+    for f in fields(Settings):
+        setattr(settings, f.name, getattr(new, f.name))
+    return old
+
+
+# ----------------------------------------------------------------------------- streams
+
+_stream_cache: dict = {}
+
+
+def current_stream():
+    """``(key, stream)`` to launch on: CuPy's current stream if CuPy is imported, else 0.
+
+    ``key`` is hashable and identifies the stream (0 for numba's default stream).
+    Stream objects are created once per (device, stream pointer) and reused.
+    """
+    cp = sys.modules.get("cupy")
+    if cp is None or SIMULATOR:
+        return 0, 0
+    try:
+        ptr = cp.cuda.get_current_stream().ptr
+    except Exception:  # a partially imported or broken cupy: fall back to the default stream
+        return 0, 0
+    if ptr == 0:  # CuPy's null stream is CUDA's legacy default stream: numba's default
+        return 0, 0
+    key = (cp.cuda.runtime.getDevice(), ptr)
+    s = _stream_cache.get(key)
+    if s is None:
+        if len(_stream_cache) > 256:
+            _stream_cache.clear()
+        if ptr == 2:  # cudaStreamPerThread
+            s = cuda.per_thread_default_stream()
+        elif ptr == 1:  # cudaStreamLegacy
+            s = cuda.legacy_default_stream()
+        else:
+            s = cuda.external_stream(ptr)
+        _stream_cache[key] = s
+    return key, s
+
+
+def cai_stream_matches(stream_ptr) -> bool:
+    """Whether work on a CUDA-array-interface ``stream`` value is ordered before our launches.
+
+    ``None`` (no stream given) and our own launch stream need no synchronisation.
+    In the interface, 1 is the legacy default stream and 2 the per-thread one.
+    """
+    if stream_ptr is None:
+        return True
+    key, _ = current_stream()
+    ours = 0 if key == 0 else key[1]
+    if ours == 0:
+        return stream_ptr == 1
+    return stream_ptr == ours
+
+
+# ----------------------------------------------------------------------------- launching
+
+_configured: dict = {}
+
+
+def launch(kernel, grid, block, stream_key, stream, *args) -> None:
+    """Launch ``kernel[grid, block, stream](*args)``, configuring it once per geometry."""
+    if SIMULATOR:  # the simulator's kernel[...] mutates and returns the kernel itself
+        kernel[grid, block, stream](*args)
+        return
+    key = (kernel, grid, block, stream_key)
+    cfg = _configured.get(key)
+    if cfg is None:
+        with warnings.catch_warnings():
+            # small grids are a property of the input, not a mistake: no NumbaPerformanceWarning
+            warnings.simplefilter("ignore")
+            cfg = kernel[grid, block, stream]
+        if len(_configured) > 4096:
+            _configured.clear()
+        _configured[key] = cfg
+    cfg(*args)
+
+
+def choose_tiles(channels_per_group: int, reduction: int, n_pixels: int, n_z: int):
+    """Implicit-GEMM tiles for a problem, or None for the direct (one thread per output) kernel.
+
+    ``channels_per_group`` is the GEMM's M, ``reduction`` its K, ``n_pixels`` its N and
+    ``n_z`` the number of independent GEMMs (images x groups [x phases]).
+    """
+    s = settings
+    if channels_per_group < s.gemm_min_channels or reduction < max(s.gemm_min_reduction, 1):
+        return None
+    if channels_per_group >= s.gemm_wide_channels:
+        t = s.tiles_wide
+        blocks = cdiv(n_pixels, t.BN) * cdiv(channels_per_group, t.BM) * n_z
+        if blocks >= s.gemm_wide_min_blocks:
+            return t
+    return s.tiles_narrow
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def grid_2d(n_x: int, n_y: int, block: int):
+    """Grid of an element-wise kernel: x over ``n_x`` items, ``block`` a block; y over ``n_y``."""
+    gx, gy, _ = settings.max_grid
+    return (max(1, min(cdiv(n_x, block), gx)), max(1, min(n_y, gy)))
+
+
+def grid_3d(n_x: int, n_y: int, n_z: int):
+    """Grid over tiles: every count >= 1 and capped (kernels grid-stride over the rest)."""
+    gx, gy, gz = settings.max_grid
+    return (max(1, min(n_x, gx)), max(1, min(n_y, gy)), max(1, min(n_z, gz)))
+
+
+def empty(shape, dtype):
+    """An uninitialised device array (also for zero-size outputs)."""
+    return cuda.device_array(shape, dtype=dtype)
+
+
+def scalar(dtype, value):
+    """``value`` as a scalar of the kernel's float dtype (so float32 kernels stay float32)."""
+    return np.dtype(dtype).type(value)
+
+
+def numba_arg_types(T):
+    """``(float, int, 1-D, 2-D, 4-D array)`` numba types of the kernel arguments for ``T``."""
+    from numba import types
+
+    ft = types.float32 if np.dtype(T) == np.float32 else types.float64
+    return (
+        ft,
+        types.int64,
+        types.Array(ft, 1, "C"),
+        types.Array(ft, 2, "C"),
+        types.Array(ft, 4, "C"),
+    )

@@ -1,0 +1,327 @@
+"""deform_conv2d (DCNv1 / DCNv2) as numba.cuda kernels.
+
+* ``deform_conv2d_gemm`` -- a fused deformable implicit GEMM (no column buffer): the
+  ``B`` tile is gathered by bilinear sampling while it is staged in shared memory.  The
+  reduction runs tap-major (``r = tap * C_g + c``), and every loader thread keeps the sample
+  set-up (corners, weights, mask value) of its current (tap, offset group) in registers, so
+  the bilinear weights of a sample point are computed once and reused for all the channels
+  of its offset group that the thread stages.  Grid: x = pixel tiles, y = output-channel
+  tiles, z = (image, weight group), all grid-stride.
+* ``deform_conv2d_direct`` -- one thread per output element (few output channels per
+  group): for every tap, the sample set-up is computed once per offset group and reused
+  across that group's channels.
+
+The edge rule is :func:`._bilinear.functions` ``corners_zero_pad`` (zero padding).
+"""
+
+from __future__ import annotations
+
+from numba import cuda
+
+from ._bilinear import functions as _bilinear_functions
+from ._gemm import functions as _gemm_functions
+from ._launch import (
+    cdiv,
+    choose_tiles,
+    current_stream,
+    empty,
+    grid_2d,
+    grid_3d,
+    launch,
+    numba_arg_types,
+    settings,
+)
+
+_direct_cache: dict = {}
+_gemm_cache: dict = {}
+
+
+def deform_conv2d(
+    x, offset, weight, bias, mask, *, stride, padding, dilation, groups, offset_groups, out_hw
+):
+    """Backend deform_conv2d; see :mod:`fastconv.backends` for the contract."""
+    N = x.shape[0]
+    K, Cg, kH, kW = weight.shape
+    Ho, Wo = out_hw
+    out = empty((N, K, Ho, Wo), x.dtype)
+    if out.size == 0:
+        return out
+    T = x.dtype.type
+    args = (x, offset, mask, weight, bias, out, *stride, *padding, *dilation, groups)
+    args += (offset_groups,)
+    skey, stream = current_stream()
+    Kg = K // groups
+    tiles = choose_tiles(Kg, Cg * kH * kW, Ho * Wo, N * groups)
+    if tiles is not None:
+        grid = grid_3d(cdiv(Ho * Wo, tiles.BN), cdiv(Kg, tiles.BM), N * groups)
+        launch(_gemm_kernel(T, tiles), grid, tiles.threads, skey, stream, *args)
+    else:
+        block = settings.block
+        grid = grid_2d(Ho * Wo, N * K, block)
+        launch(_direct_kernel(T), grid, block, skey, stream, *args)
+    return out
+
+
+def _direct_kernel(T):
+    k = _direct_cache.get(T)
+    if k is None:
+        k = _direct_cache[T] = _build_direct(T)
+    return k
+
+
+def _gemm_kernel(T, tiles):
+    key = (T, tiles)
+    k = _gemm_cache.get(key)
+    if k is None:
+        k = _gemm_cache[key] = _build_gemm(T, tiles)
+    return k
+
+
+def ptx_cases(T):
+    """``[(name, kernel, argtypes)]`` for every kernel of this module and float type ``T``."""
+    from numba import types
+
+    _, i, a1, _, a4 = numba_arg_types(T)
+    dcn2 = (a4, a4, a4, a4, a1, a4) + (i,) * 8
+    dcn1 = (a4, a4, types.none, a4, types.none, a4) + (i,) * 8
+    cases = [
+        ("deform_conv2d_direct", _direct_kernel(T), dcn2),
+        ("deform_conv2d_direct/dcn1", _direct_kernel(T), dcn1),
+    ]
+    for tiles in (settings.tiles_wide, settings.tiles_narrow):
+        cases.append((f"deform_conv2d_gemm{tiles.BM}", _gemm_kernel(T, tiles), dcn2))
+    cases.append(("deform_conv2d_gemm/dcn1", _gemm_kernel(T, settings.tiles_wide), dcn1))
+    return cases
+
+
+def _build_direct(T):
+    zero = T(0.0)
+    corners_zero_pad, _, gather = _bilinear_functions(T)
+
+    @cuda.jit(cache=True)
+    def deform_conv2d_direct(x, offset, mask, w, b, out, sH, sW, pH, pW, dH, dW, groups, G):
+        """One thread per output element; grid x: pixels of a plane, grid y: (n, k) planes."""
+        C = x.shape[1]
+        H = x.shape[2]
+        W = x.shape[3]
+        K = w.shape[0]
+        Cg = w.shape[1]
+        kH = w.shape[2]
+        kW = w.shape[3]
+        kk = kH * kW
+        Wo = out.shape[3]
+        P = out.shape[2] * Wo
+        Q = out.shape[0] * K
+        Kg = K // groups
+        Cpg = C // G  # channels per offset group
+        pstart = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        pstep = cuda.gridDim.x * cuda.blockDim.x
+        for q in range(cuda.blockIdx.y, Q, cuda.gridDim.y):
+            n = q // K
+            k = q - n * K
+            cbase = (k // Kg) * Cg
+            og0 = cbase // Cpg
+            orem0 = cbase - og0 * Cpg
+            for p in range(pstart, P, pstep):
+                yo = p // Wo
+                xo = p - yo * Wo
+                acc = zero
+                for i in range(kH):
+                    for j in range(kW):
+                        t = i * kW + j
+                        by = T(yo * sH - pH + i * dH)
+                        bx = T(xo * sW - pW + j * dW)
+                        og = og0
+                        orem = orem0
+                        cur = -1
+                        yl = 0
+                        xl = 0
+                        yh = 0
+                        xh = 0
+                        w1 = zero
+                        w2 = zero
+                        w3 = zero
+                        w4 = zero
+                        msk = 0
+                        mv = zero
+                        for c in range(Cg):
+                            if og != cur:
+                                cur = og
+                                ch = og * kk + t
+                                py = by + offset[n, 2 * ch, yo, xo]
+                                px = bx + offset[n, 2 * ch + 1, yo, xo]
+                                yl, xl, yh, xh, w1, w2, w3, w4, msk = corners_zero_pad(py, px, H, W)
+                                if mask is not None:
+                                    mv = mask[n, ch, yo, xo]
+                            val = gather(x, n, cbase + c, yl, xl, yh, xh, w1, w2, w3, w4, msk)
+                            if mask is not None:
+                                val = mv * val
+                            acc += w[k, c, i, j] * val
+                            orem += 1
+                            if orem == Cpg:
+                                orem = 0
+                                og += 1
+                if b is not None:
+                    acc += b[k]
+                out[n, k, yo, xo] = acc
+
+    return deform_conv2d_direct
+
+
+def _build_gemm(T, tiles):
+    BM, BN, BK, TM, TN = tiles.BM, tiles.BN, tiles.BK, tiles.TM, tiles.TN
+    NT = tiles.threads
+    TXS = BN // TN
+    TYS = BM // TM
+    RPT = BK * BN // NT
+    AROWS = NT // BK
+    APT = BM * BK // NT
+    ACC = TM * TN
+    BKP = BK + 1
+    zero = T(0.0)
+    mma_chunk, zero_acc = _gemm_functions(T, tiles)
+    corners_zero_pad, _, gather = _bilinear_functions(T)
+
+    @cuda.jit(cache=True)
+    def deform_conv2d_gemm(x, offset, mask, w, b, out, sH, sW, pH, pW, dH, dW, groups, G):
+        """Fused deformable implicit GEMM; reduction index r = tap * Cg + c."""
+        As = cuda.shared.array((BM, BKP), T)
+        Bs = cuda.shared.array((BK, BN), T)
+        acc = cuda.local.array(ACC, T)
+        ra = cuda.local.array(TM, T)
+        rb = cuda.local.array(TN, T)
+        C = x.shape[1]
+        H = x.shape[2]
+        W = x.shape[3]
+        K = w.shape[0]
+        Cg = w.shape[1]
+        kH = w.shape[2]
+        kW = w.shape[3]
+        kk = kH * kW
+        Wo = out.shape[3]
+        P = out.shape[2] * Wo
+        Kg = K // groups
+        Cpg = C // G
+        R = Cg * kk
+        NZ = out.shape[0] * groups
+        n_mt = (Kg + BM - 1) // BM
+        n_pt = (P + BN - 1) // BN
+        tid = cuda.threadIdx.x
+        tx = tid % TXS
+        ty = tid // TXS
+        # BK as a mixed-radix step (tap, c)
+        bk_t = BK // Cg
+        bk_c = BK - bk_t * Cg
+        kra = tid % BK
+        ma = tid // BK
+        pc = tid % BN
+        krb = (tid // BN) * RPT
+        for z in range(cuda.blockIdx.z, NZ, cuda.gridDim.z):
+            n = z // groups
+            g = z - n * groups
+            kbase = g * Kg
+            cbase = g * Cg
+            for mt in range(cuda.blockIdx.y, n_mt, cuda.gridDim.y):
+                m0 = mt * BM
+                for pt in range(cuda.blockIdx.x, n_pt, cuda.gridDim.x):
+                    p0 = pt * BN
+                    pb = p0 + pc
+                    pvalid = pb < P
+                    yb = pb // Wo
+                    xb = pb - yb * Wo
+                    if not pvalid:
+                        yb = 0
+                        xb = 0
+                    by0 = yb * sH - pH
+                    bx0 = xb * sW - pW
+                    ta = kra // Cg
+                    ca = kra - ta * Cg
+                    tb = krb // Cg
+                    cb = krb - tb * Cg
+                    # the B loader's current sample set-up, keyed by (tap, offset group)
+                    cur_t = -1
+                    cur_og = -1
+                    yl = 0
+                    xl = 0
+                    yh = 0
+                    xh = 0
+                    w1 = zero
+                    w2 = zero
+                    w3 = zero
+                    w4 = zero
+                    msk = 0
+                    mv = zero
+                    zero_acc(acc)
+                    ia = 0
+                    ja = 0
+                    for _k0 in range(0, R, BK):
+                        if ta < kk:
+                            ia = ta // kW
+                            ja = ta - ia * kW
+                        for e in range(APT):
+                            m = ma + AROWS * e
+                            v = zero
+                            if m0 + m < Kg and ta < kk:
+                                v = w[kbase + m0 + m, ca, ia, ja]
+                            As[m, kra] = v
+                        t = tb
+                        c = cb
+                        og = (cbase + c) // Cpg
+                        orem = cbase + c - og * Cpg
+                        for row in range(RPT):
+                            v = zero
+                            if pvalid and t < kk:
+                                if t != cur_t or og != cur_og:
+                                    cur_t = t
+                                    cur_og = og
+                                    i = t // kW
+                                    j = t - i * kW
+                                    ch = og * kk + t
+                                    py = T(by0 + i * dH) + offset[n, 2 * ch, yb, xb]
+                                    px = T(bx0 + j * dW) + offset[n, 2 * ch + 1, yb, xb]
+                                    yl, xl, yh, xh, w1, w2, w3, w4, msk = corners_zero_pad(
+                                        py, px, H, W
+                                    )
+                                    if mask is not None:
+                                        mv = mask[n, ch, yb, xb]
+                                v = gather(x, n, cbase + c, yl, xl, yh, xh, w1, w2, w3, w4, msk)
+                                if mask is not None:
+                                    v = mv * v
+                            Bs[krb + row, pc] = v
+                            c += 1
+                            orem += 1
+                            if orem == Cpg:
+                                orem = 0
+                                og += 1
+                            if c == Cg:
+                                c = 0
+                                t += 1
+                                og = cbase // Cpg
+                                orem = cbase - og * Cpg
+                        cuda.syncthreads()
+                        mma_chunk(As, Bs, acc, ra, rb, tx, ty)
+                        cuda.syncthreads()
+                        ca += bk_c
+                        ta += bk_t
+                        if ca >= Cg:
+                            ca -= Cg
+                            ta += 1
+                        cb += bk_c
+                        tb += bk_t
+                        if cb >= Cg:
+                            cb -= Cg
+                            tb += 1
+                    for bb in range(TN):
+                        p = p0 + tx + TXS * bb
+                        if p < P:
+                            yo = p // Wo
+                            xo = p - yo * Wo
+                            for a in range(TM):
+                                m = m0 + ty + TYS * a
+                                if m < Kg:
+                                    v = acc[a * TN + bb]
+                                    if b is not None:
+                                        v += b[kbase + m]
+                                    out[n, kbase + m, yo, xo] = v
+
+    return deform_conv2d_gemm

@@ -1,0 +1,243 @@
+"""roi_align and roi_pool as numba.cuda kernels.
+
+Both launch grid y over the RoIs (grid-stride) and grid x over the flattened
+``(channel, ph, pw)`` outputs of one RoI, so consecutive threads write consecutive output
+addresses and a block shares one RoI (its box row is a broadcast read).  The box geometry
+is computed in the input's dtype in torchvision's order of operations.
+
+* ``roi_align`` -- a thread owns one bin ``(ph, pw)`` for ``CPT`` consecutive channels: it
+  computes each sample point's bilinear set-up (:func:`._bilinear.functions`
+  ``corners_edge_clamp``, the replicate-edge rule) once and reuses it for all ``CPT``
+  channels.
+* ``roi_pool`` -- a thread owns one output element and takes the running maximum over its
+  bin (``value > max`` from ``-FLT_MAX``, so NaN is skipped, as in torchvision).
+"""
+
+from __future__ import annotations
+
+import math
+
+from numba import cuda
+
+from ._bilinear import functions as _bilinear_functions
+from ._launch import (
+    cdiv,
+    current_stream,
+    empty,
+    grid_2d,
+    launch,
+    numba_arg_types,
+    scalar,
+    settings,
+)
+
+_align_cache: dict = {}
+_pool_cache: dict = {}
+
+#: torchvision's start value of the running maximum (C's FLT_MAX), in every dtype
+_NEG_FLT_MAX = -3.4028234663852886e38
+
+
+def roi_align(x, rois, *, output_size, spatial_scale, sampling_ratio, aligned):
+    """Backend roi_align; see :mod:`fastconv.backends` for the contract."""
+    K = rois.shape[0]
+    C = x.shape[1]
+    PH, PW = output_size
+    out = empty((K, C, PH, PW), x.dtype)
+    if out.size == 0:
+        return out
+    T = x.dtype.type
+    cpt = settings.roi_channels_per_thread
+    kern = _align_kernel(T, cpt)
+    block = settings.block
+    grid = grid_2d(cdiv(C, cpt) * PH * PW, K, block)
+    skey, stream = current_stream()
+    launch(
+        kern,
+        grid,
+        block,
+        skey,
+        stream,
+        x,
+        rois,
+        out,
+        scalar(x.dtype, spatial_scale),
+        int(sampling_ratio),
+        1 if aligned else 0,
+    )
+    return out
+
+
+def roi_pool(x, rois, *, output_size, spatial_scale):
+    """Backend roi_pool; see :mod:`fastconv.backends` for the contract."""
+    K = rois.shape[0]
+    C = x.shape[1]
+    PH, PW = output_size
+    out = empty((K, C, PH, PW), x.dtype)
+    if out.size == 0:
+        return out
+    T = x.dtype.type
+    kern = _pool_kernel(T)
+    block = settings.block
+    grid = grid_2d(C * PH * PW, K, block)
+    skey, stream = current_stream()
+    launch(kern, grid, block, skey, stream, x, rois, out, scalar(x.dtype, spatial_scale))
+    return out
+
+
+def _align_kernel(T, cpt):
+    key = (T, cpt)
+    k = _align_cache.get(key)
+    if k is None:
+        k = _align_cache[key] = _build_align(T, cpt)
+    return k
+
+
+def _pool_kernel(T):
+    k = _pool_cache.get(T)
+    if k is None:
+        k = _pool_cache[T] = _build_pool(T)
+    return k
+
+
+def ptx_cases(T):
+    """``[(name, kernel, argtypes)]`` for every kernel of this module and float type ``T``."""
+    f, i, _, a2, a4 = numba_arg_types(T)
+    cpt = settings.roi_channels_per_thread
+    return [
+        ("roi_align", _align_kernel(T, cpt), (a4, a2, a4, f, i, i)),
+        ("roi_pool", _pool_kernel(T), (a4, a2, a4, f)),
+    ]
+
+
+def _build_align(T, CPT):
+    zero = T(0.0)
+    half = T(0.5)
+    one = T(1.0)
+    _, corners_edge_clamp, gather = _bilinear_functions(T)
+
+    @cuda.jit(cache=True)
+    def roi_align(x, rois, out, spatial_scale, sampling_ratio, aligned):
+        """Grid y: RoIs; grid x: (channel block, ph, pw); CPT channels per thread."""
+        C = x.shape[1]
+        H = x.shape[2]
+        W = x.shape[3]
+        K = rois.shape[0]
+        PH = out.shape[2]
+        PW = out.shape[3]
+        PP = PH * PW
+        total = ((C + CPT - 1) // CPT) * PP
+        acc = cuda.local.array(CPT, T)
+        start = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        step = cuda.gridDim.x * cuda.blockDim.x
+        for k in range(cuda.blockIdx.y, K, cuda.gridDim.y):
+            n = int(rois[k, 0])
+            shift = half if aligned else zero
+            start_w = rois[k, 1] * spatial_scale - shift
+            start_h = rois[k, 2] * spatial_scale - shift
+            end_w = rois[k, 3] * spatial_scale - shift
+            end_h = rois[k, 4] * spatial_scale - shift
+            roi_w = end_w - start_w
+            roi_h = end_h - start_h
+            if not aligned:
+                roi_w = max(roi_w, one)
+                roi_h = max(roi_h, one)
+            bin_h = roi_h / T(PH)
+            bin_w = roi_w / T(PW)
+            if sampling_ratio > 0:
+                grid_h = sampling_ratio
+                grid_w = sampling_ratio
+            else:
+                grid_h = int(math.ceil(roi_h / T(PH)))
+                grid_w = int(math.ceil(roi_w / T(PW)))
+            count = T(max(grid_h * grid_w, 1))
+            for idx in range(start, total, step):
+                cq = idx // PP
+                r = idx - cq * PP
+                ph = r // PW
+                pw = r - ph * PW
+                c0 = cq * CPT
+                for u in range(CPT):
+                    acc[u] = zero
+                for iy in range(grid_h):
+                    yy = start_h + T(ph) * bin_h + (T(iy) + half) * bin_h / T(grid_h)
+                    for ix in range(grid_w):
+                        xx = start_w + T(pw) * bin_w + (T(ix) + half) * bin_w / T(grid_w)
+                        yl, xl, yh, xh, w1, w2, w3, w4, msk = corners_edge_clamp(yy, xx, H, W)
+                        if msk != 0:
+                            for u in range(CPT):
+                                if c0 + u < C:
+                                    acc[u] += gather(
+                                        x, n, c0 + u, yl, xl, yh, xh, w1, w2, w3, w4, msk
+                                    )
+                for u in range(CPT):
+                    if c0 + u < C:
+                        out[k, c0 + u, ph, pw] = acc[u] / count
+
+    return roi_align
+
+
+def _build_pool(T):
+    zero = T(0.0)
+    half = T(0.5)
+    lowest = T(_NEG_FLT_MAX)
+
+    @cuda.jit(device=True, inline="always")
+    def c_round(v):
+        """C's ``round`` (half away from zero) of a float, as an int."""
+        a = abs(v)
+        f = int(math.floor(a))
+        if a - T(f) >= half:
+            f += 1
+        if v < zero:
+            f = -f
+        return f
+
+    @cuda.jit(cache=True)
+    def roi_pool(x, rois, out, spatial_scale):
+        """Grid y: RoIs; grid x: (channel, ph, pw); one output element per thread."""
+        C = x.shape[1]
+        H = x.shape[2]
+        W = x.shape[3]
+        K = rois.shape[0]
+        PH = out.shape[2]
+        PW = out.shape[3]
+        PP = PH * PW
+        total = C * PP
+        start = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        step = cuda.gridDim.x * cuda.blockDim.x
+        for k in range(cuda.blockIdx.y, K, cuda.gridDim.y):
+            n = int(rois[k, 0])
+            start_w = c_round(rois[k, 1] * spatial_scale)
+            start_h = c_round(rois[k, 2] * spatial_scale)
+            end_w = c_round(rois[k, 3] * spatial_scale)
+            end_h = c_round(rois[k, 4] * spatial_scale)
+            roi_w = max(end_w - start_w + 1, 1)
+            roi_h = max(end_h - start_h + 1, 1)
+            bin_h = T(roi_h) / T(PH)
+            bin_w = T(roi_w) / T(PW)
+            for idx in range(start, total, step):
+                c = idx // PP
+                r = idx - c * PP
+                ph = r // PW
+                pw = r - ph * PW
+                hstart = int(math.floor(T(ph) * bin_h))
+                wstart = int(math.floor(T(pw) * bin_w))
+                hend = int(math.ceil(T(ph + 1) * bin_h))
+                wend = int(math.ceil(T(pw + 1) * bin_w))
+                hstart = min(max(hstart + start_h, 0), H)
+                hend = min(max(hend + start_h, 0), H)
+                wstart = min(max(wstart + start_w, 0), W)
+                wend = min(max(wend + start_w, 0), W)
+                if hend <= hstart or wend <= wstart:
+                    best = zero
+                else:
+                    best = lowest
+                    for h in range(hstart, hend):
+                        for w in range(wstart, wend):
+                            v = x[n, c, h, w]
+                            if v > best:
+                                best = v
+                out[k, c, ph, pw] = best
+
+    return roi_pool

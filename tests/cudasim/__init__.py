@@ -1,0 +1,1 @@
+"""Tests that run the numba.cuda kernels in the CUDA simulator (see conftest.py)."""

@@ -1,0 +1,563 @@
+"""Every numba.cuda kernel, run by the CUDA simulator, against the NumPy oracle.
+
+The backend functions are called directly with normalised arguments (pairs, padding =
+(top, left), ``out_hw``), as ``fastconv._dispatch`` calls them.  Each op x dtype runs a
+handful of small configurations chosen to hit the awkward cases: asymmetric stride /
+padding / dilation, non-square kernels, groups and offset groups, mask / no mask, no bias,
+boxes outside the image, aligned, adaptive sampling, NaN data; conv ops run through both
+the direct and the implicit-GEMM kernels (``path`` fixture).  Inputs must never be written.
+"""
+
+import numpy as np
+import pytest
+from numba import cuda
+
+from fastconv import reference
+from fastconv.backends import numba_cuda as backend
+
+DTYPES = [np.float32, np.float64]
+TOL = {np.float32: 1e-4, np.float64: 1e-10}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def rel_err(out, ref):
+    """``max|out - ref| / max(1, max|ref|)`` over finite values; NaN/Inf must coincide."""
+    out = np.asarray(out, np.float64)
+    assert out.shape == ref.shape, (out.shape, ref.shape)
+    if out.size == 0:
+        return 0.0
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref), err_msg="NaN positions differ")
+    inf = np.isinf(ref)
+    np.testing.assert_array_equal(out[inf], ref[inf], err_msg="Inf values differ")
+    fin = np.isfinite(ref)
+    if not fin.any():
+        return 0.0
+    scale = max(1.0, float(np.abs(ref[fin]).max()))
+    return float(np.abs(out[fin] - ref[fin]).max() / scale)
+
+
+def call(fn, *arrays, **params):
+    """Run backend op ``fn`` on device copies of ``arrays``; check they are not written."""
+    devs = [None if a is None else cuda.to_device(np.ascontiguousarray(a)) for a in arrays]
+    out = fn(*devs, **params)
+    for a, d in zip(arrays, devs, strict=True):
+        if a is not None:
+            np.testing.assert_array_equal(d.copy_to_host(), a, err_msg="an input was written")
+    return out.copy_to_host()
+
+
+def conv_out(size, k, s, p_lo, p_hi, d):
+    return (size + p_lo + p_hi - d * (k - 1) - 1) // s + 1
+
+
+def data(rng, shape, dtype, nan=False):
+    a = rng.standard_normal(shape).astype(dtype)
+    if nan and a.size:
+        a.flat[rng.integers(a.size)] = np.nan
+    return a
+
+
+# ----------------------------------------------------------------------------- conv2d
+
+CONV2D = [
+    # N, C, H, W, K, (kH, kW), stride, padding (top, left), (bottom, right), dilation, groups, bias
+    (2, 4, 7, 6, 6, (3, 2), (2, 1), (1, 0), (1, 0), (1, 2), 2, True),
+    (1, 3, 5, 8, 3, (1, 3), (1, 3), (0, 2), (0, 2), (2, 1), 3, False),  # depthwise
+    (1, 2, 5, 6, 5, (2, 4), (1, 1), (0, 3), (1, 3), (1, 2), 1, True),  # "same", odd extra pad
+    (2, 3, 4, 5, 7, (2, 2), (3, 2), (2, 1), (2, 1), (1, 1), 1, False),  # K=7: partial tiles
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cfg", range(len(CONV2D)))
+def test_conv2d(cfg, dtype, path):
+    N, C, H, W, K, (kH, kW), s, p, p_hi, d, g, has_bias = CONV2D[cfg]
+    rng = np.random.default_rng(cfg)
+    x = data(rng, (N, C, H, W), dtype, nan=cfg == 0)
+    w = data(rng, (K, C // g, kH, kW), dtype)
+    b = data(rng, (K,), dtype) if has_bias else None
+    out_hw = (
+        conv_out(H, kH, s[0], p[0], p_hi[0], d[0]),
+        conv_out(W, kW, s[1], p[1], p_hi[1], d[1]),
+    )
+    got = call(backend.conv2d, x, w, b, stride=s, padding=p, dilation=d, groups=g, out_hw=out_hw)
+    pad = "same" if p != p_hi else p
+    ref = reference.conv2d(x, w, b, stride=s, padding=pad, dilation=d, groups=g)
+    assert got.dtype == dtype
+    assert rel_err(got, ref) <= TOL[dtype]
+
+
+# ----------------------------------------------------------------------------- conv_transpose2d
+
+CONVT = [
+    # N, C_in, H, W, K_per_group, (kH, kW), stride, padding, output_padding, dilation, groups, bias
+    (2, 4, 3, 4, 3, (3, 4), (2, 3), (1, 2), (1, 2), (1, 2), 2, True),
+    (1, 3, 4, 2, 2, (2, 1), (3, 1), (0, 0), (2, 0), (2, 1), 1, True),  # kH < sH: bias-only rows
+    (1, 2, 3, 3, 4, (3, 3), (2, 2), (1, 1), (1, 1), (2, 2), 1, False),  # gcd(s, d) = 2
+    (2, 2, 2, 3, 5, (2, 3), (1, 2), (1, 0), (0, 1), (1, 1), 2, False),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cfg", range(len(CONVT)))
+def test_conv_transpose2d(cfg, dtype, path):
+    N, C, H, W, Kg, (kH, kW), s, p, op, d, g, has_bias = CONVT[cfg]
+    rng = np.random.default_rng(100 + cfg)
+    x = data(rng, (N, C, H, W), dtype, nan=cfg == 3)
+    w = data(rng, (C, Kg, kH, kW), dtype)
+    b = data(rng, (Kg * g,), dtype) if has_bias else None
+    out_hw = tuple(
+        (H_ - 1) * s_ - 2 * p_ + d_ * (k_ - 1) + o_ + 1
+        for H_, s_, p_, d_, k_, o_ in zip((H, W), s, p, d, (kH, kW), op, strict=True)
+    )
+    got = call(
+        backend.conv_transpose2d, x, w, b, stride=s, padding=p, dilation=d, groups=g, out_hw=out_hw
+    )
+    ref = reference.conv_transpose2d(
+        x, w, b, stride=s, padding=p, output_padding=op, groups=g, dilation=d
+    )
+    assert got.dtype == dtype
+    assert rel_err(got, ref) <= TOL[dtype]
+
+
+# ----------------------------------------------------------------------------- deform_conv2d
+
+DEFORM = [
+    # N, C, H, W, K, (kH, kW), stride, padding, dilation, groups, offset_groups, mask, bias, scale
+    (2, 4, 5, 6, 4, (3, 2), (1, 2), (1, 0), (2, 1), 2, 2, True, True, 2.0),
+    (1, 3, 4, 4, 5, (2, 2), (1, 1), (1, 1), (1, 1), 1, 3, False, False, 0.5),
+    (1, 2, 3, 5, 3, (1, 3), (2, 1), (0, 1), (1, 1), 1, 1, True, False, 4.0),
+    (1, 4, 4, 3, 6, (2, 1), (1, 1), (0, 0), (1, 1), 2, 1, False, True, 0.5),  # half pixels
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cfg", range(len(DEFORM)))
+def test_deform_conv2d(cfg, dtype, path):
+    N, C, H, W, K, (kH, kW), s, p, d, g, G, has_mask, has_bias, scale = DEFORM[cfg]
+    rng = np.random.default_rng(200 + cfg)
+    Ho = conv_out(H, kH, s[0], p[0], p[0], d[0])
+    Wo = conv_out(W, kW, s[1], p[1], p[1], d[1])
+    x = data(rng, (N, C, H, W), dtype, nan=cfg == 1)
+    offset = rng.standard_normal((N, 2 * G * kH * kW, Ho, Wo)) * scale
+    if cfg == 3:
+        offset = np.round(offset * 2) / 2  # whole and half pixels: samples on corners / edges
+    offset = offset.astype(dtype)
+    mask = rng.uniform(0, 1, (N, G * kH * kW, Ho, Wo)).astype(dtype) if has_mask else None
+    w = data(rng, (K, C // g, kH, kW), dtype)
+    b = data(rng, (K,), dtype) if has_bias else None
+    got = call(
+        backend.deform_conv2d,
+        x,
+        offset,
+        w,
+        b,
+        mask,
+        stride=s,
+        padding=p,
+        dilation=d,
+        groups=g,
+        offset_groups=G,
+        out_hw=(Ho, Wo),
+    )
+    ref = reference.deform_conv2d(x, offset, w, b, stride=s, padding=p, dilation=d, mask=mask)
+    assert got.dtype == dtype
+    assert rel_err(got, ref) <= TOL[dtype]
+
+
+def test_deform_conv2d_nan_offset():
+    """A NaN sample coordinate gives a NaN sample (as the oracle), never an out-of-bounds read."""
+    rng = np.random.default_rng(7)
+    x = data(rng, (1, 2, 4, 4), np.float64)
+    offset = rng.standard_normal((1, 2, 4, 4))
+    offset[0, 0, 1, 2] = np.nan
+    w = data(rng, (3, 2, 1, 1), np.float64)
+    got = call(
+        backend.deform_conv2d,
+        x,
+        offset,
+        w,
+        None,
+        None,
+        stride=(1, 1),
+        padding=(0, 0),
+        dilation=(1, 1),
+        groups=1,
+        offset_groups=1,
+        out_hw=(4, 4),
+    )
+    ref = reference.deform_conv2d(x, offset, w)
+    assert rel_err(got, ref) <= TOL[np.float64]
+    assert np.isnan(got[0, :, 1, 2]).all()
+
+
+# ----------------------------------------------------------------------------- roi ops
+
+
+def make_boxes(rng, N, H, W, scale, K, dtype):
+    """(K, 5) boxes: random, partly/wholly outside, half-pixel corners, degenerate."""
+    span = np.array([W + 4, H + 4]) / scale
+    xy1 = rng.uniform(-3 / scale, span, (K, 2))
+    size = rng.uniform(0, span, (K, 2))
+    xy1[1::3] = np.round(xy1[1::3] * scale * 2) / 2 / scale  # ties for rounding
+    size[1::3] = np.round(size[1::3] * scale * 2) / 2 / scale
+    size[2::5, 0] = 0  # degenerate
+    boxes = np.concatenate([xy1, xy1 + size], axis=1)
+    boxes[-1] = [-8 / scale, -8 / scale, -2 / scale, -3 / scale]  # wholly outside
+    batch = rng.integers(0, N, (K, 1)).astype(np.float64)
+    return np.concatenate([batch, boxes], axis=1).astype(dtype)
+
+
+ROI_ALIGN = [
+    # N, C, H, W, K, (PH, PW), scale, sampling_ratio, aligned
+    (2, 5, 7, 6, 5, (3, 2), 0.5, 2, False),
+    (1, 3, 6, 8, 4, (2, 3), 1.0, -1, True),
+    (2, 1, 5, 5, 6, (1, 4), 0.25, 0, False),
+    (1, 4, 4, 7, 3, (2, 2), 1.0, 1, True),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cfg", range(len(ROI_ALIGN)))
+def test_roi_align(cfg, dtype):
+    N, C, H, W, K, out, scale, sr, aligned = ROI_ALIGN[cfg]
+    rng = np.random.default_rng(300 + cfg)
+    x = data(rng, (N, C, H, W), dtype, nan=cfg == 2)
+    rois = make_boxes(rng, N, H, W, scale, K, dtype)
+    got = call(
+        backend.roi_align,
+        x,
+        rois,
+        output_size=out,
+        spatial_scale=scale,
+        sampling_ratio=sr,
+        aligned=aligned,
+    )
+    ref = reference.roi_align(x, rois, out, spatial_scale=scale, sampling_ratio=sr, aligned=aligned)
+    assert got.dtype == dtype
+    assert rel_err(got, ref) <= TOL[dtype]
+
+
+ROI_POOL = [
+    # N, C, H, W, K, (PH, PW), scale
+    (2, 3, 7, 6, 6, (3, 3), 0.5),
+    (1, 2, 6, 8, 5, (2, 4), 1.0),
+    (2, 1, 5, 4, 4, (4, 1), 0.25),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cfg", range(len(ROI_POOL)))
+def test_roi_pool(cfg, dtype):
+    N, C, H, W, K, out, scale = ROI_POOL[cfg]
+    rng = np.random.default_rng(400 + cfg)
+    x = data(rng, (N, C, H, W), dtype, nan=cfg == 0)
+    if cfg == 1:
+        x[0, 0, :2, :] = -np.inf  # bins of only -inf give -FLT_MAX
+    rois = make_boxes(rng, N, H, W, scale, K, dtype)
+    got = call(backend.roi_pool, x, rois, output_size=out, spatial_scale=scale)
+    ref = reference.roi_pool(x, rois, out, spatial_scale=scale)
+    assert got.dtype == dtype
+    assert rel_err(got, ref) <= TOL[dtype]
+
+
+# ----------------------------------------------------------------------------- empty inputs
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_empty_batch_and_boxes(dtype, path):
+    z = lambda *s: cuda.to_device(np.zeros(s, dtype))  # noqa: E731
+    conv = dict(stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1)
+    assert backend.conv2d(z(0, 2, 4, 4), z(3, 2, 2, 2), None, out_hw=(3, 3), **conv).shape == (
+        0,
+        3,
+        3,
+        3,
+    )
+    assert backend.conv2d(z(1, 2, 4, 4), z(0, 2, 2, 2), None, out_hw=(3, 3), **conv).shape == (
+        1,
+        0,
+        3,
+        3,
+    )
+    assert backend.conv_transpose2d(
+        z(0, 2, 4, 4), z(2, 3, 2, 2), None, out_hw=(5, 5), **conv
+    ).shape == (0, 3, 5, 5)
+    out = backend.deform_conv2d(
+        z(0, 2, 4, 4),
+        z(0, 8, 3, 3),
+        z(3, 2, 2, 2),
+        None,
+        None,
+        offset_groups=1,
+        out_hw=(3, 3),
+        **conv,
+    )
+    assert out.shape == (0, 3, 3, 3)
+    out = backend.roi_align(
+        z(2, 3, 4, 4),
+        z(0, 5),
+        output_size=(2, 2),
+        spatial_scale=1.0,
+        sampling_ratio=-1,
+        aligned=False,
+    )
+    assert out.shape == (0, 3, 2, 2) and out.dtype == dtype
+    out = backend.roi_pool(z(2, 3, 4, 4), z(0, 5), output_size=(2, 3), spatial_scale=1.0)
+    assert out.shape == (0, 3, 2, 3) and out.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_no_input_channels_is_bias(dtype, path):
+    """C_in = 0: an empty reduction, the output is the bias."""
+    b = np.arange(3, dtype=dtype)
+    x = np.zeros((2, 0, 4, 5), dtype)
+    conv = dict(stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1)
+    got = call(backend.conv2d, x, np.zeros((3, 0, 2, 2), dtype), b, out_hw=(3, 4), **conv)
+    np.testing.assert_array_equal(got, np.broadcast_to(b[None, :, None, None], (2, 3, 3, 4)))
+    got = call(backend.conv_transpose2d, x, np.zeros((0, 3, 2, 2), dtype), b, out_hw=(5, 6), **conv)
+    np.testing.assert_array_equal(got, np.broadcast_to(b[None, :, None, None], (2, 3, 5, 6)))
+
+
+# ----------------------------------------------------------------------------- plumbing
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ascontiguous_views(dtype):
+    rng = np.random.default_rng(5)
+    host = data(rng, (2, 3, 5, 6), dtype)
+    d = cuda.to_device(host)
+    assert backend.ascontiguous(d) is d
+    views = {
+        "step": (d[:, :, ::2, 1::2], host[:, :, ::2, 1::2]),
+        "negative": (d[:, ::-1, :, ::-1], host[:, ::-1, :, ::-1]),
+        "transposed": (d.transpose((0, 1, 3, 2)), host.transpose(0, 1, 3, 2)),
+    }
+    for name, (view, expect) in views.items():
+        assert not view.is_c_contiguous(), name
+        c = backend.ascontiguous(view)
+        assert c.is_c_contiguous(), name
+        np.testing.assert_array_equal(c.copy_to_host(), expect, err_msg=name)
+    np.testing.assert_array_equal(d.copy_to_host(), host)
+    for rank in (1, 2, 3):
+        h = data(rng, (4, 5, 6)[:rank], dtype)
+        sl = (slice(None, None, -1),) * rank
+        c = backend.ascontiguous(cuda.to_device(h)[sl])
+        np.testing.assert_array_equal(c.copy_to_host(), h[sl])
+    empty = cuda.to_device(np.zeros((0, 4), dtype))[:, ::2]
+    assert backend.ascontiguous(empty).shape == (0, 2)
+
+
+def test_noncontiguous_input_through_ascontiguous(path):
+    """A negative-stride / strided device view gives the same conv as the oracle on the view."""
+    rng = np.random.default_rng(11)
+    host = data(rng, (1, 4, 9, 7), np.float64)
+    view_h = host[:, ::-1, ::2, :]
+    view_d = cuda.to_device(host)[:, ::-1, ::2, :]
+    w = data(rng, (4, 2, 2, 2), np.float64)
+    out = backend.conv2d(
+        backend.ascontiguous(view_d),
+        cuda.to_device(w),
+        None,
+        stride=(1, 1),
+        padding=(1, 0),
+        dilation=(1, 1),
+        groups=2,
+        out_hw=(6, 6),
+    )
+    ref = reference.conv2d(view_h, w, None, padding=(1, 0), groups=2)
+    assert rel_err(out.copy_to_host(), ref) <= TOL[np.float64]
+
+
+def test_plumbing():
+    backend.check_available()  # the simulator counts as available
+    d = cuda.to_device(np.ones((2, 3), np.float32))
+    assert backend.as_native(d) is d
+    assert backend.device_id(d) == 0
+    with backend.use_device(0):
+        np.testing.assert_array_equal(backend.to_host(d), np.ones((2, 3), np.float32))
+    with pytest.raises(TypeError, match="CUDA device arrays"):
+        backend.as_native(np.ones(3))
+
+
+# ------------------------------------------------------------------------ random configurations
+
+N_RANDOM = 25
+
+
+def random_conv2d(rng, dtype):
+    r = lambda lo, hi: int(rng.integers(lo, hi + 1))  # noqa: E731
+    g, cpg, copg = r(1, 3), r(1, 4), r(1, 6)
+    k = (r(1, 4), r(1, 4))
+    d = (r(1, 3), r(1, 3))
+    if r(0, 3) == 0:  # "same": stride 1, total pad d*(k-1), the odd pixel at the bottom/right
+        s = (1, 1)
+        tot = tuple(d_ * (k_ - 1) for d_, k_ in zip(d, k, strict=True))
+        p, p_hi, pad = tuple(t // 2 for t in tot), tuple(t - t // 2 for t in tot), "same"
+    else:
+        s = (r(1, 3), r(1, 3))
+        p = p_hi = pad = (r(0, 3), r(0, 3))
+    hw = tuple(
+        max(1, d_ * (k_ - 1) + 1 - p_ - q_) + r(0, 5)
+        for d_, k_, p_, q_ in zip(d, k, p, p_hi, strict=True)
+    )
+    x = data(rng, (r(0, 2), g * cpg, *hw), dtype, nan=r(0, 3) == 0)
+    w = data(rng, (g * copg, cpg, *k), dtype)
+    b = data(rng, (g * copg,), dtype) if r(0, 1) else None
+    out_hw = tuple(
+        conv_out(h, k_, s_, p_, q_, d_)
+        for h, k_, s_, p_, q_, d_ in zip(hw, k, s, p, p_hi, d, strict=True)
+    )
+    got = call(backend.conv2d, x, w, b, stride=s, padding=p, dilation=d, groups=g, out_hw=out_hw)
+    return got, reference.conv2d(x, w, b, stride=s, padding=pad, dilation=d, groups=g)
+
+
+def random_conv_transpose2d(rng, dtype):
+    r = lambda lo, hi: int(rng.integers(lo, hi + 1))  # noqa: E731
+    g, cipg, copg = r(1, 3), r(1, 3), r(1, 6)
+    k = (r(1, 4), r(1, 4))
+    s, d, p = (r(1, 3), r(1, 3)), (r(1, 3), r(1, 3)), (r(0, 3), r(0, 3))
+    op = tuple(r(0, max(s_, d_) - 1) for s_, d_ in zip(s, d, strict=True))
+    hw = [r(1, 4), r(1, 4)]
+    for a in range(2):
+        while (hw[a] - 1) * s[a] - 2 * p[a] + d[a] * (k[a] - 1) + op[a] < 0:
+            hw[a] += 1
+    x = data(rng, (r(0, 2), g * cipg, *hw), dtype, nan=r(0, 3) == 0)
+    w = data(rng, (g * cipg, copg, *k), dtype)
+    b = data(rng, (g * copg,), dtype) if r(0, 1) else None
+    out_hw = tuple(
+        (h - 1) * s_ - 2 * p_ + d_ * (k_ - 1) + o_ + 1
+        for h, s_, p_, d_, k_, o_ in zip(hw, s, p, d, k, op, strict=True)
+    )
+    got = call(
+        backend.conv_transpose2d, x, w, b, stride=s, padding=p, dilation=d, groups=g, out_hw=out_hw
+    )
+    return got, reference.conv_transpose2d(
+        x, w, b, stride=s, padding=p, output_padding=op, groups=g, dilation=d
+    )
+
+
+def random_deform_conv2d(rng, dtype):
+    r = lambda lo, hi: int(rng.integers(lo, hi + 1))  # noqa: E731
+    g, G = r(1, 2), r(1, 3)
+    C = g * G * r(1, 2)
+    K = g * r(1, 5)
+    k = (r(1, 3), r(1, 3))
+    s, d, p = (r(1, 2), r(1, 2)), (r(1, 2), r(1, 2)), (r(0, 2), r(0, 2))
+    hw = tuple(
+        max(1, d_ * (k_ - 1) + 1 - 2 * p_) + r(0, 4) for d_, k_, p_ in zip(d, k, p, strict=True)
+    )
+    out_hw = tuple(
+        conv_out(h, k_, s_, p_, p_, d_) for h, k_, s_, p_, d_ in zip(hw, k, s, p, d, strict=True)
+    )
+    N = r(0, 2)
+    x = data(rng, (N, C, *hw), dtype, nan=r(0, 3) == 0)
+    offset = rng.standard_normal((N, 2 * G * k[0] * k[1], *out_hw)) * (0.5, 2.0, 4.0)[r(0, 2)]
+    if r(0, 2) == 0:
+        offset = np.round(offset * 2) / 2
+    offset = offset.astype(dtype)
+    mask = rng.uniform(0, 1, (N, G * k[0] * k[1], *out_hw)).astype(dtype) if r(0, 1) else None
+    w = data(rng, (K, C // g, *k), dtype)
+    b = data(rng, (K,), dtype) if r(0, 1) else None
+    got = call(
+        backend.deform_conv2d,
+        x,
+        offset,
+        w,
+        b,
+        mask,
+        stride=s,
+        padding=p,
+        dilation=d,
+        groups=g,
+        offset_groups=G,
+        out_hw=out_hw,
+    )
+    return got, reference.deform_conv2d(x, offset, w, b, stride=s, padding=p, dilation=d, mask=mask)
+
+
+def random_roi_align(rng, dtype):
+    r = lambda lo, hi: int(rng.integers(lo, hi + 1))  # noqa: E731
+    N, C, H, W = r(1, 2), r(1, 5), r(1, 8), r(1, 8)
+    scale = (1.0, 0.5, 0.25, 0.0625)[r(0, 3)]
+    x = data(rng, (N, C, H, W), dtype, nan=r(0, 3) == 0)
+    rois = make_boxes(rng, N, H, W, scale, r(1, 6), dtype)
+    out, sr, aligned = (r(1, 4), r(1, 4)), r(-1, 3), bool(r(0, 1))
+    got = call(
+        backend.roi_align,
+        x,
+        rois,
+        output_size=out,
+        spatial_scale=scale,
+        sampling_ratio=sr,
+        aligned=aligned,
+    )
+    return got, reference.roi_align(
+        x, rois, out, spatial_scale=scale, sampling_ratio=sr, aligned=aligned
+    )
+
+
+def random_roi_pool(rng, dtype):
+    r = lambda lo, hi: int(rng.integers(lo, hi + 1))  # noqa: E731
+    N, C, H, W = r(1, 2), r(1, 4), r(1, 8), r(1, 8)
+    scale = (1.0, 0.5, 0.25, 0.0625)[r(0, 3)]
+    x = data(rng, (N, C, H, W), dtype, nan=r(0, 3) == 0)
+    rois = make_boxes(rng, N, H, W, scale, r(1, 6), dtype)
+    out = (r(1, 4), r(1, 4))
+    got = call(backend.roi_pool, x, rois, output_size=out, spatial_scale=scale)
+    return got, reference.roi_pool(x, rois, out, spatial_scale=scale)
+
+
+RANDOM = {
+    "conv2d": random_conv2d,
+    "conv_transpose2d": random_conv_transpose2d,
+    "deform_conv2d": random_deform_conv2d,
+    "roi_align": random_roi_align,
+    "roi_pool": random_roi_pool,
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", sorted(RANDOM))
+def test_random_configurations(op, dtype, path):
+    if path == "gemm" and op.startswith("roi"):
+        pytest.skip("the RoI ops have one kernel each")
+    for i in range(N_RANDOM):
+        rng = np.random.default_rng([sorted(RANDOM).index(op), i, dtype == np.float32])
+        got, ref = RANDOM[op](rng, dtype)
+        assert got.dtype == dtype
+        err = rel_err(got, ref)
+        assert err <= TOL[dtype], f"{op} random case {i}: relative error {err:.3g}"
+
+
+def test_small_launch_settings_are_in_effect():
+    """The shrunk settings reach every module, so several blocks and grid-stride loops run."""
+    from fastconv.backends.numba_cuda import _copy, _launch, conv, deform, roi
+
+    for mod in (conv, deform, roi, _copy):
+        assert mod.settings is _launch.settings
+    assert _launch.settings.block == 8 and _launch.settings.max_grid == (2, 2, 2)
+    assert _launch.grid_2d(1000, 1000, 8) == (2, 2)
+    assert _launch.grid_3d(5, 5, 5) == (2, 2, 2)
+    assert _launch.choose_tiles(5, 8, 100, 1) == _launch.settings.tiles_wide or (
+        _launch.settings.gemm_min_channels > 5
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", sorted(RANDOM))
+def test_public_api_random_cases(op, dtype):
+    """The public functions dispatch numba device arrays to this backend (lead's case generator)."""
+    rc = pytest.importorskip("fastconv._random_cases")
+    for seed in range(4):
+        rng = np.random.default_rng([seed, 17])
+
+        def pick(lo, hi, rng=rng):
+            return int(rng.integers(lo, hi + 1))
+
+        case = rc.GENERATORS[op](pick, rng, np.dtype(dtype))
+        err, out, _ = rc.run_case(case, "numba_cuda")
+        assert out.dtype == dtype
+        assert err <= TOL[dtype], f"relative error {err:.3g} for {case.describe()}"
