@@ -1,0 +1,265 @@
+"""The ``python -m fastconv bench`` machinery on tiny cases: quick, and no peer needed.
+
+Runs with the NumPy oracle (``--backend reference``) so nothing is JIT-compiled,
+except one test that drives the real CPU backend on one tiny case.  The torch
+parts skip when torch/torchvision are not installed.  The GPU path is driven on
+the CPU with host timers standing in for CUDA events.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from fastconv import _bench, _cases
+
+HAVE_TORCH = (importlib.util.find_spec("torch") is not None
+              and importlib.util.find_spec("torchvision") is not None)
+HAVE_MPL = importlib.util.find_spec("matplotlib") is not None
+
+BENCHMARKS_MD_CASES = [
+    "dilated_aspp", "dilated_small", "grouped_resnext", "depthwise", "transposed_fcn",
+    "transposed_decoder", "deform_dcnv2", "roi_align_fpn", "roi_align_mask", "roi_pool_fpn",
+]
+
+QUICK = ["--size", "tiny", "--repeat", "1", "--threads", "1", "--quick", "--no-progress"]
+
+
+def test_cases_are_benchmarks_md():
+    assert _cases.DEFAULT_CASES == BENCHMARKS_MD_CASES
+    assert [c.name for c in _cases.select(None)] == BENCHMARKS_MD_CASES
+    assert [c.name for c in _cases.select("roi_align")] == ["roi_align_fpn", "roi_align_mask"]
+    with pytest.raises(ValueError, match="unknown case"):
+        _cases.select("dilated_aspp,nope")
+
+
+def test_case_inputs_and_costs():
+    aspp = _cases.get("dilated_aspp")
+    inp = aspp.inputs()
+    assert inp.arrays["input"].shape == (1, 256, 64, 64)
+    assert inp.arrays["input"].dtype == np.float32
+    assert inp.params == {"stride": 1, "padding": 6, "dilation": 6, "groups": 1}
+    assert aspp.cost()["flops"] == 2 * 256 * 64 * 64 * 256 * 9
+    # seeded: the same inputs every time, different per seed
+    np.testing.assert_array_equal(inp.arrays["weight"], aspp.inputs().arrays["weight"])
+    assert not np.array_equal(inp.arrays["weight"], aspp.inputs(seed=1).arrays["weight"])
+    fcn = _cases.get("transposed_fcn").cost()
+    assert fcn["out_shape"] == (1, 21, 512, 512)
+    dcn = _cases.get("deform_dcnv2").inputs("tiny")
+    assert dcn.arrays["mask"].min() >= 0 and dcn.arrays["mask"].max() < 1
+    boxes = _cases.get("roi_align_fpn").inputs().arrays["boxes"]
+    assert boxes.shape == (512, 5)
+    w, h = boxes[:, 3] - boxes[:, 1], boxes[:, 4] - boxes[:, 2]
+    assert w.min() >= 16 - 1e-3 and h.max() < 316 + 1e-3
+    for case in _cases.CASES.values():
+        for size in _cases.SIZES:
+            cost = case.cost(size)
+            assert cost["flops"] > 0 and cost["bytes"] > 0, (case.name, size)
+
+
+def test_roi_pool_count_matches_brute_force():
+    inp = _cases.get("roi_pool_fpn").inputs("tiny")
+    x = inp.arrays["input"]
+    # a max over each bin with a counter instead of the values: count the elements read
+    ones = np.ones_like(x, dtype=np.float64)
+    from fastconv import reference
+
+    hits = 0
+    for r in inp.arrays["boxes"]:
+        out = reference.roi_pool(ones, r[None], inp.params["output_size"],
+                                 inp.params["spatial_scale"])
+        hits += int(out.sum())  # bins that read at least one element
+    flops = _cases.get("roi_pool_fpn").cost("tiny")["flops"]
+    assert flops >= hits
+
+
+def test_cli_json_structure(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "bench.json"
+    md = tmp_path / "bench.md"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # restored after the test
+    rc = _bench.main(["--cases", "dilated_small,roi_align_mask", "--backend", "reference",
+                      "--peer", "none", "--json", str(out), "--markdown", str(md),
+                      "--omp-passive", *QUICK])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "dilated_small" in text and "roi_align_mask" in text
+    data = json.loads(out.read_text())
+    assert data["schema"] == "fastconv-bench/1"
+    assert data["versions"]["fastconv"] and data["machine"]["cores"] >= 1
+    assert data["machine"]["env"]["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert set(data["cases_info"]) == {"dilated_small", "roi_align_mask"}
+    assert data["cases_info"]["dilated_small"]["target_cpu"] == 1.5
+    block = data["cpu"]["threads"]["1"]
+    assert block["ceiling"]["peak_gflops"] > 0 and block["ceiling"]["copy_gbs"] > 0
+    entry = block["cases"]["roi_align_mask"]
+    assert entry["peer"] is None and entry["peer_missing"]
+    ref = entry["fastconv"]["reference"]
+    assert ref["ms"] > 0 and ref["gflops"] > 0 and len(ref["samples_ms"]) == 1
+    assert "ratio" not in ref
+    assert "| case |" in md.read_text()
+    # --load renders a saved run without running anything
+    assert _bench.main(["--load", str(out)]) == 0
+    assert "roi_align_mask" in capsys.readouterr().out
+
+
+def test_cli_cpu_backend_tiny(tmp_path):
+    """The real numba backend, interleaved with the oracle as the 'peer' of --oracle."""
+    out = tmp_path / "cpu.json"
+    rc = _bench.main(["--cases", "depthwise", "--backend", "cpu", "--peer", "none",
+                      "--oracle", "--json", str(out), *QUICK])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert data["cpu"]["threads"]["1"]["cases"]["depthwise"]["fastconv"]["cpu"]["ms"] > 0
+    oracle = data["oracle"]["cases"]["depthwise"]
+    assert data["oracle"]["size"] == "tiny"
+    assert oracle["max_rel_err"] < 1e-4 and oracle["speedup"] > 0
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="torch/torchvision not installed")
+def test_cli_torch_peer(tmp_path):
+    out = tmp_path / "torch.json"
+    rc = _bench.main(["--cases", "grouped_resnext,deform_dcnv2,roi_pool_fpn", "--backend",
+                      "reference", "--json", str(out), *QUICK])
+    assert rc == 0
+    cases = json.loads(out.read_text())["cpu"]["threads"]["1"]["cases"]
+    for name, entry in cases.items():
+        assert entry["peer"].startswith(("torch.", "torchvision.")), name
+        ref = entry["fastconv"]["reference"]
+        assert ref["ratio"] > 0 and ref["max_rel_err"] < 1e-4, (name, ref)
+        assert ref["met"] in (True, False)
+
+
+def test_interleaving_order_and_errors():
+    log = []
+
+    def runner(name, fail_at=None):
+        def call():
+            log.append(name)
+            if fail_at is not None and len(log) >= fail_at:
+                raise RuntimeError("boom")
+            return np.zeros(3)
+
+        return _bench.Runner(f"x:{name}", name, call)
+
+    a = _bench.Contestant("a", runner("A"), _bench.HostClock())
+    b = _bench.Contestant("b", runner("B"), _bench.HostClock())
+    _bench.interleave([a, b], repeat=3, warmup=1)
+    # warm-up (first call + one calibration sample) per contestant, then A B A B A B
+    assert log == ["A", "A", "B", "B"] + ["A", "B"] * 3
+    assert len(a.samples) == len(b.samples) == 3 and a.error is None
+    c = _bench.Contestant("c", runner("C", fail_at=len(log) + 4), _bench.HostClock())
+    d = _bench.Contestant("d", runner("D"), _bench.HostClock())
+    _bench.interleave([c, d], repeat=3, warmup=1)
+    assert c.error == "RuntimeError: boom" and len(d.samples) == 3
+    assert "error" in c.summary()
+
+
+def test_gpu_path_with_host_events(monkeypatch):
+    """run_gpu end to end with perf_counter standing in for CUDA events."""
+    real = _bench.make_runner
+
+    def fake(case, impl, size="full", seed=0, inputs=None, check_boxes=True):
+        if impl in ("fastconv:cupy", "fastconv:numba_cuda", "torch:cuda"):
+            r = real(case, "fastconv:reference", size, seed, inputs, check_boxes)
+            r.impl, r.gpu = impl, "host"
+            if impl == "torch:cuda":
+                r.label = case.peer_name
+            return r
+        return real(case, impl, size, seed, inputs, check_boxes)
+
+    monkeypatch.setattr(_bench, "make_runner", fake)
+    env = _bench.GpuEnv(
+        device_name=lambda: "Fake GPU",
+        ceiling=lambda quick: {"matmul_tflops": 50.0, "copy_tbs": 2.5, "nominal_tflops": 67.0,
+                               "nominal_copy_tbs": 3.0, "peak_gflops": 5e4, "copy_gbs": 2.5e3},
+        timer=lambda lib: _bench.HostEventTimer(),
+        delay=None,
+    )
+    parser = _bench.build_parser()
+    args = parser.parse_args(["--size", "tiny", "--repeat", "2"])
+    result = {"date": "today", "versions": {}, "machine": {}}
+    cases = _cases.select("depthwise,roi_align_fpn")
+    status = {"torch": None, "torchvision": None}
+    ok = _bench.run_gpu(cases, ["cupy", "numba_cuda"], args, _bench.Progress(1, False), status,
+                        result, env=env)
+    assert ok
+    gpu = result["gpu"]
+    assert {"device", "date", "versions", "cases"} <= set(gpu) and gpu["device"] == "Fake GPU"
+    dw = gpu["cases"]["depthwise"]
+    assert dw["peer"] == "torch.nn.functional.conv2d" and dw["peer_ms"] > 0
+    assert dw["peer_host_ms"] > 0 and dw["target"] == 1.0 and dw["target_bw_pct"] == 70.0
+    for b in ("cupy", "numba_cuda"):
+        s = dw["fastconv"][b]
+        assert s["ms"] > 0 and s["host_ms"] > 0 and s["ratio"] > 0 and "met_bw" in s
+        assert s["max_rel_err"] == 0.0 and len(s["samples_ms"]) == 2
+        assert s["host_us_target"] == _bench.HOST_OVERHEAD_TARGET_US[b]
+    text = _bench.render(result)
+    assert "GPU Fake GPU" in text and "host time per call, cupy" in text
+    json.dumps(_bench._jsonable(result))
+
+
+def test_gpu_clock_queues_behind_delay():
+    waits = []
+    clock = _bench.GpuClock(lambda: None, _bench.HostEventTimer(), delay=waits.append)
+    clock.delay_s = 0.001
+    assert clock.device_sample(lambda: None) >= 0 and waits == [0.001]
+    assert clock.host_sample(lambda: None) >= 0
+
+
+def test_first_call_subprocess():
+    case = _cases.get("roi_pool_fpn")
+    warm = _bench.first_call(case, "reference", size="tiny")
+    cold = _bench.first_call(case, "reference", size="tiny", cold=True)
+    for r in (warm, cold):
+        assert "error" not in r, r
+        assert r["import_s"] > 0 and r["first_s"] > 0 and r["second_s"] > 0
+
+
+def test_bad_arguments(capsys):
+    with pytest.raises(SystemExit) as exc:
+        _bench.main(["--cases", "no_such_case", "--no-progress"])
+    assert exc.value.code == 2 and "unknown case" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _bench.main(["--backend", "tpu"])
+    with pytest.raises(SystemExit):
+        _bench.main(["--threads", "0"])
+    if not _bench.usable_backends()["cupy"][0]:
+        with pytest.raises(SystemExit):
+            _bench.main(["--backend", "cupy"])
+
+
+def test_plot_without_matplotlib(monkeypatch, tmp_path, capsys):
+    find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "matplotlib" else find(name, *a))
+    with pytest.raises(SystemExit):
+        _bench.main(["--plot", str(tmp_path / "x.png"), "--cases", "depthwise"])
+    assert "needs matplotlib" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not HAVE_MPL, reason="matplotlib not installed")
+def test_plot(tmp_path):
+    result = {"date": "d", "versions": {}, "cpu": {"device": "cpu", "threads": {"1": {"cases": {
+        "depthwise": {"target": 1.0, "fastconv": {"cpu": {"ratio": 0.8}}},
+        "roi_pool_fpn": {"target": 0.2, "fastconv": {"cpu": {"error": "x"}}},
+    }}}}}
+    path = tmp_path / "chart.png"
+    _bench.plot(result, str(path))
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_scipy_filter_mapping():
+    ndimage = pytest.importorskip("scipy.ndimage")
+    from fastconv import reference
+
+    inp = _cases.get("dilated_single").inputs("tiny")
+    image, kernel = _cases.scipy_filter_args(inp)
+    got = ndimage.correlate(image.astype(np.float64), kernel.astype(np.float64), mode="constant")
+    want = reference.conv2d(inp.arrays["input"], inp.arrays["weight"], None,
+                            **{k: inp.params[k] for k in ("stride", "padding", "dilation",
+                                                          "groups")})
+    np.testing.assert_allclose(got, want[0, 0], rtol=1e-6, atol=1e-6)
+    assert _cases.scipy_filter_args(_cases.get("dilated_aspp").inputs("tiny")) is None
