@@ -16,7 +16,7 @@ from ._errors import BackendUnavailableError
 from .conv import conv2d, conv_transpose2d
 from .deform import deform_conv2d
 from .roi import roi_align, roi_pool
-from . import image
+from . import image, reference
 from .receptive import ReceptiveField, receptive_field
 from .upsample import bilinear_kernel, upsample
 
@@ -28,6 +28,7 @@ __all__ = [
     "bilinear_kernel",
     "image",
     "receptive_field",
+    "reference",
     "upsample",
     "conv2d",
     "conv_transpose2d",

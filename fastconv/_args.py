@@ -222,12 +222,15 @@ def deform_conv2d_spec(x_shape, off_shape, w_shape, b_shape, m_shape, stride, pa
     c_out, c_per_group, kh, kw = w_shape
     if kh < 1 or kw < 1:
         raise ValueError(f"weight must have a non-empty kernel, got shape {tuple(w_shape)}")
-    if c_per_group < 1 or c_in % c_per_group != 0:
+    if c_in == 0 and c_per_group == 0:
+        groups = 1  # no input channels: the output is the bias, whatever the grouping
+    elif c_per_group < 1 or c_in % c_per_group != 0:
         raise ValueError(
             f"input channels ({c_in}) must be a multiple of weight.shape[1] ({c_per_group}); "
             f"weight shape {tuple(w_shape)}"
         )
-    groups = c_in // c_per_group
+    else:
+        groups = c_in // c_per_group
     if c_out % groups != 0:
         raise ValueError(
             f"weight.shape[0] ({c_out}) must be divisible by the weight groups "

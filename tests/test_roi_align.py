@@ -54,3 +54,14 @@ def test_list_of_boxes_equals_k5_format(backend):
 def test_no_boxes(backend, k):
     out = _call(backend, np.ones((1, 3, 5, 5)), np.zeros((k, 5)), (2, 2))
     assert out.shape == (0, 3, 2, 2)
+
+
+def test_sample_exactly_on_the_minus_one_edge_counts(backend):
+    # x samples at -2.5 + (i + 0.5) * 13 / 13: the one at exactly -1 lies inside (clamped to
+    # column 0). Reassociating the division (1.5 * (13 * (1/13)) -> 1.4999999) would move it
+    # outside: geometry must be computed in torchvision's order, without fast-math.
+    x = np.random.default_rng(0).standard_normal((3, 2, 9, 6))
+    boxes = np.array([[2.0, -6.0, 27.0, 33.0, 42.0]])
+    out = _call(backend, x, boxes, (3, 1), 1 / 3, 0, True)
+    ref = fastconv.reference.roi_align(x, boxes, (3, 1), 1 / 3, 0, True)
+    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)

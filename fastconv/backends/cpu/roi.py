@@ -1,0 +1,630 @@
+"""CPU ``roi_align`` and ``roi_pool``: separable per-RoI passes over channels-last rows.
+
+Two paths per op, chosen by an estimate of the work (:func:`_use_channels_last`):
+
+* **channels-last** (the fast path for detection heads, many RoIs): the images
+  the boxes refer to are transposed once to channels-last ``(n_used, H*W*C)``.
+  Then ``prange`` over RoIs; both ops use that their sampling grid is
+  *separable*:
+
+  - roi_align: the sample columns' clamp rule, corners and weights are
+    computed once per RoI (:func:`._bilinear.clamp_axis`); per bin row, the
+    bin's sample rows are interpolated vertically into one buffer
+    ``vb[x, c] = sum_rows (hy*X[y_low, x, c] + ly*X[y_high, x, c])`` over the
+    RoI's column range (long contiguous vectorised loops), then each bin is
+    ``sum_cols (hx*vb[x_low, c] + lx*vb[x_high, c]) / count``.  This reads a
+    feature row segment once per sample row instead of once per sample corner,
+    and sums exactly torchvision's corner products (in another order).
+  - roi_pool: per bin row, the column-wise max over the bin's rows across the
+    RoI's column range, then per bin the max over its columns.
+
+  A RoI's bins are produced channels-last in a small buffer and transposed
+  into ``out[k]`` (``(C, bins)``) at the end with 8 x 8 register transposes
+  (:func:`_transpose8`); storing them straight into the ``(C, bins)`` layout
+  strides across cache lines and measured slower, and LLVM does not
+  vectorise a scalar transpose.  roi_align's row operations are one explicit
+  64-byte vector loop each (:func:`_axpby`), which beat the auto-vectorised
+  loops (256-bit, runtime alias checks on every short call); for roi_pool's
+  max loops it did not, so they stay plain loops.  (Blocking the channels so
+  one block of the maps stays in L2 was measured too; it lost, by shortening
+  the vectorised loops.)
+
+* **planar** (few RoIs on a large map, where the transpose would dominate):
+  ``prange`` over RoIs; per RoI the samples' corner indices and weights are
+  precomputed once (torchvision's ``pre_calc``) with
+  :func:`._bilinear.bilinear_clamp`, then each channel plane is read in place.
+
+Both follow torchvision's CPU kernels arithmetically (box start/size, bin
+size, sample positions, ``ceil`` adaptive grid, the division by ``count``, C
+rounding of RoIPool corners, all in the input's dtype).  NaN data propagates
+like torchvision: a roi_align sample inside the image reads all four corners
+(a NaN corner gives NaN even at weight 0); a sample outside contributes
+exactly 0 (torchvision's CPU kernel multiplies pixel (0, 0) by 0 there, its
+CUDA kernel adds 0).  roi_pool keeps torchvision's ``v > max`` update from
+``-FLT_MAX``, so NaNs are skipped (an all-NaN bin gives -FLT_MAX), and an
+empty bin is 0.
+"""
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+
+from ._bilinear import bilinear_clamp, clamp_axis
+from ._config import EXACT_JIT_OPTIONS, JIT_OPTIONS, SERIAL_JIT_OPTIONS
+
+_FLT_MAX = float(np.finfo(np.float32).max)
+# Box coordinates are clamped to this magnitude before conversion to an integer
+# (roi_pool), so absurd but finite boxes stay defined (they are clipped to the image).
+_COORD_LIMIT = 1e15
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _used_slots(rois, n_b):
+    """Batch images that boxes refer to, and each image's slot in the transposed copy."""
+    used = np.zeros(n_b, bool)
+    used[rois[:, 0].astype(np.int64)] = True
+    slot = np.full(n_b, -1, np.int64)
+    idx = np.flatnonzero(used)
+    slot[idx] = np.arange(idx.size)
+    return idx, slot
+
+
+def _use_channels_last(n_used, c, h, w, per_channel_reads, itemsize=4):
+    """True when transposing the used images costs less than the scalar reads it saves.
+
+    ``per_channel_reads`` is the number of feature reads per channel summed over
+    all boxes.  The planar path does them as scalar loads; the channels-last path
+    pays one transpose of ``n_used*C*H*W`` elements, then reads vectors.  Measured
+    crossovers (256 channels, 1 thread): about 0.5 reads per map pixel for a copy
+    that the allocator recycles, about 2 for copies over 32 MiB, which glibc maps
+    fresh (page faults) on every call.
+    """
+    if c < 4:
+        return False
+    pixels = n_used * h * w
+    per_pixel = 0.5 if pixels * c * itemsize <= (32 << 20) else 2.0
+    return per_channel_reads > per_pixel * pixels
+
+
+@numba.njit(**EXACT_JIT_OPTIONS)
+def _c_round(v, limit):
+    """C's ``round`` (half away from zero) of a float, as an int (magnitude clamped)."""
+    if v > limit:
+        v = limit
+    elif v < -limit:
+        v = -limit
+    t = np.trunc(v)
+    if v - t >= 0.5:
+        t += 1
+    elif t - v >= 0.5:
+        t -= 1
+    return int(t)
+
+
+# --------------------------------------------------------------------------- roi_align
+
+
+@numba.njit(**EXACT_JIT_OPTIONS)
+def _sample_pos(start, p, bin_size, i, grid, T):
+    """Sample ``i`` of bin ``p``, in torchvision's operation order (no FMA, no reciprocal)."""
+    return start + T(p) * bin_size + T(i + 0.5) * bin_size / T(grid)
+
+
+@numba.njit(**EXACT_JIT_OPTIONS)
+def _align_geometry(roi, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, T):
+    """torchvision's box start, bin size and sample grid for one RoI row."""
+    offs = T(0.5) if aligned else T(0)
+    start_w = roi[1] * spatial_scale - offs
+    start_h = roi[2] * spatial_scale - offs
+    end_w = roi[3] * spatial_scale - offs
+    end_h = roi[4] * spatial_scale - offs
+    roi_w = end_w - start_w
+    roi_h = end_h - start_h
+    if not aligned:
+        roi_w = max(roi_w, T(1))
+        roi_h = max(roi_h, T(1))
+    bin_h = roi_h / T(pooled_h)
+    bin_w = roi_w / T(pooled_w)
+    if sampling_ratio > 0:
+        grid_h = sampling_ratio
+        grid_w = sampling_ratio
+    else:
+        grid_h = int(np.ceil(roi_h / T(pooled_h)))
+        grid_w = int(np.ceil(roi_w / T(pooled_w)))
+    return start_h, start_w, bin_h, bin_w, grid_h, grid_w
+
+
+# shufflevector masks of the three butterfly rounds of an 8 x 8 transpose
+_ROUNDS = (
+    ((0, 8, 2, 10, 4, 12, 6, 14), (1, 9, 3, 11, 5, 13, 7, 15)),
+    ((0, 1, 8, 9, 4, 5, 12, 13), (2, 3, 10, 11, 6, 7, 14, 15)),
+    ((0, 1, 2, 3, 8, 9, 10, 11), (4, 5, 6, 7, 12, 13, 14, 15)),
+)
+
+
+@intrinsic
+def _transpose8(typingctx, src, si, sj, dst, di, dj):
+    """``dst[di + j, dj + i] = src[si + i, sj + j]`` for ``i, j < 8`` (2-D C-contiguous arrays).
+
+    Eight vector loads, 24 shuffles, eight vector stores: LLVM does not vectorise a
+    scalar transpose loop (strided loads), which costs 1-4 cycles per element here.
+    The caller guarantees the 8 x 8 blocks are in bounds.
+    """
+    sig = types.void(src, si, sj, dst, di, dj)
+
+    def codegen(context, builder, signature, args):
+        src_v, si_v, sj_v, dst_v, di_v, dj_v = args
+        s_ty, _, _, d_ty, _, _ = signature.args
+        s_arr = context.make_array(s_ty)(context, builder, src_v)
+        d_arr = context.make_array(d_ty)(context, builder, dst_v)
+        elt = context.get_data_type(s_ty.dtype)
+        align = context.get_abi_sizeof(elt)
+        vec_ptr = ir.VectorType(elt, 8).as_pointer()
+        intp = si_v.type
+
+        def vptr(arr, ty, i, j, k):
+            p = cgutils.get_item_pointer2(
+                context, builder, data=arr.data, shape=cgutils.unpack_tuple(builder, arr.shape),
+                strides=cgutils.unpack_tuple(builder, arr.strides), layout=ty.layout,
+                inds=[builder.add(i, ir.Constant(intp, k)), j])
+            return builder.bitcast(p, vec_ptr)
+
+        def mask(m):
+            return ir.Constant(ir.VectorType(ir.IntType(32), 8), list(m))
+
+        v = [builder.load(vptr(s_arr, s_ty, si_v, sj_v, i), align=align) for i in range(8)]
+        for dist, (lo, hi) in zip((1, 2, 4), _ROUNDS, strict=True):
+            nxt = [None] * 8
+            for i in range(8):
+                if i & dist:
+                    continue
+                nxt[i] = builder.shuffle_vector(v[i], v[i + dist], mask(lo))
+                nxt[i + dist] = builder.shuffle_vector(v[i], v[i + dist], mask(hi))
+            v = nxt
+        for j in range(8):
+            builder.store(v[j], vptr(d_arr, d_ty, di_v, dj_v, j), align=align)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _vec_loop(builder, n, lanes, body):
+    """``body(k, width)`` for ``k`` in vectors of ``lanes``, then the scalar tail."""
+    i64 = ir.IntType(64)
+    n_vec = builder.udiv(n, ir.Constant(i64, lanes))
+    with cgutils.for_range(builder, n_vec) as loop:
+        body(builder.mul(loop.index, ir.Constant(i64, lanes)), lanes)
+    k0 = builder.mul(n_vec, ir.Constant(i64, lanes))
+    with cgutils.for_range(builder, builder.sub(n, k0)) as loop:
+        body(builder.add(k0, loop.index), 1)
+
+
+def _axpby_codegen(context, builder, sig, args):
+    dst_ty, _, src_ty = sig.args[:3]
+    dst = context.make_array(dst_ty)(context, builder, args[0])
+    src = context.make_array(src_ty)(context, builder, args[2])
+    d_off, oa, ob, n = (context.cast(builder, v, t, types.int64)
+                        for v, t in zip((args[1], *args[3:6]), (sig.args[1], *sig.args[3:6]),
+                                        strict=True))
+    wa, wb, accumulate = args[6], args[7], args[8]
+    elt = context.get_data_type(dst_ty.dtype)
+    esize = context.get_abi_sizeof(elt)
+    lanes = 64 // esize
+    pd = builder.gep(dst.data, [d_off])
+    pa = builder.gep(src.data, [oa])
+    pb = builder.gep(src.data, [ob])
+    i32 = ir.IntType(32)
+
+    def weights(width):
+        if width == 1:
+            return wa, wb
+        vty = ir.VectorType(elt, width)
+        mask = ir.Constant(ir.VectorType(i32, width), [0] * width)
+        return tuple(
+            builder.shuffle_vector(builder.insert_element(ir.Constant(vty, None), w,
+                                                          ir.Constant(i32, 0)),
+                                   ir.Constant(vty, None), mask)
+            for w in (wa, wb))
+
+    def ptr(p, k, width):
+        q = builder.gep(p, [k])
+        return q if width == 1 else builder.bitcast(q, ir.VectorType(elt, width).as_pointer())
+
+    def emit(acc):
+        def body(k, width):
+            va, vb = weights(width)
+            t = builder.fmul(va, builder.load(ptr(pa, k, width), align=esize))
+            t = builder.fadd(t, builder.fmul(vb, builder.load(ptr(pb, k, width), align=esize)))
+            if acc:
+                t = builder.fadd(builder.load(ptr(pd, k, width), align=esize), t)
+            builder.store(t, ptr(pd, k, width), align=esize)
+        _vec_loop(builder, n, lanes, body)
+
+    with builder.if_else(accumulate) as (then, otherwise):
+        with then:
+            emit(True)
+        with otherwise:
+            emit(False)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def _axpby(typingctx, dst, d_off, src, oa, ob, n, wa, wb, accumulate):
+    """``dst.flat[d_off + k] (+)= wa*src.flat[oa + k] + wb*src.flat[ob + k]``, ``k < n``.
+
+    ``=`` or ``+=`` by ``accumulate``.  C-contiguous arrays of one dtype addressed by
+    flat element offsets the caller keeps in bounds; one explicit 64-byte vector loop
+    (the auto-vectorised loop over slices paid slice set-up, runtime alias checks
+    and 256-bit vectors on each of the many short calls: one per sample row / bin).
+    """
+    if not (isinstance(dst, types.Array) and isinstance(src, types.Array)
+            and dst.layout == "C" and src.layout == "C" and dst.dtype == src.dtype):
+        return None
+    if not (all(isinstance(i, types.Integer) for i in (d_off, oa, ob, n))
+            and wa == dst.dtype and wb == dst.dtype and isinstance(accumulate, types.Boolean)):
+        return None
+    sig = types.void(dst, d_off, src, oa, ob, n, wa, wb, accumulate)
+    return sig, _axpby_codegen
+
+
+@numba.njit(**SERIAL_JIT_OPTIONS)
+def _store_bins(ob, out, r, pooled_h, pooled_w):
+    """``out[r, c, ph, pw] = ob[ph*pooled_w + pw, c]`` (a transpose)."""
+    nb = pooled_h * pooled_w
+    c_in = out.shape[1]
+    dst = out[r].reshape((c_in, nb))
+    nb8 = nb // 8 * 8
+    c8 = c_in // 8 * 8
+    for c0 in range(0, c8, 8):  # 8 x 8 blocks, each output row written contiguously
+        for b0 in range(0, nb8, 8):
+            _transpose8(ob, b0, c0, dst, c0, b0)
+        for b in range(nb8, nb):
+            for c in range(c0, c0 + 8):
+                dst[c, b] = ob[b, c]
+    for c in range(c8, c_in):
+        row = dst[c]
+        for b in range(nb):
+            row[b] = ob[b, c]
+
+
+@numba.njit(**JIT_OPTIONS)
+def _to_nhwc(x, idx):
+    """``x[idx]`` channels-last, flattened per image: ``(len(idx), H*W*C)``.
+
+    Element ``[s, (y*W + x)*C + c]`` is ``x[idx[s], c, y, x]``.  8 x 8 register
+    transposes (:func:`_transpose8`) from the ``(C, W)`` slice of each row.
+    """
+    _, c_in, h, w = x.shape
+    n_used = idx.shape[0]
+    xt = np.empty((n_used, h * w * c_in), x.dtype)
+    c8 = c_in // 8 * 8
+    w8 = w // 8 * 8
+    for job in numba.prange(n_used * h):
+        s = job // h
+        y = job - s * h
+        src = x[idx[s], :, y, :]  # (C, W)
+        dst = xt[s].reshape((h * w, c_in))
+        r0 = y * w
+        for c0 in range(0, c8, 8):
+            for x0 in range(0, w8, 8):
+                _transpose8(src, c0, x0, dst, r0 + x0, c0)
+            for xx in range(w8, w):
+                for c in range(c0, c0 + 8):
+                    dst[r0 + xx, c] = src[c, xx]
+        for c in range(c8, c_in):
+            for xx in range(w):
+                dst[r0 + xx, c] = src[c, xx]
+    return xt
+
+
+@numba.njit(**JIT_OPTIONS)
+def _roi_align_nhwc(xt, slot, rois, c_in, h, w, pooled_h, pooled_w, spatial_scale,
+                    sampling_ratio, aligned):
+    T = xt.dtype.type
+    n_rois = rois.shape[0]
+    out = np.empty((n_rois, c_in, pooled_h, pooled_w), xt.dtype)
+    scale = T(spatial_scale)
+    for r in numba.prange(n_rois):
+        roi = rois[r]
+        s = slot[int(roi[0])]
+        start_h, start_w, bin_h, bin_w, grid_h, grid_w = _align_geometry(
+            roi, scale, pooled_h, pooled_w, sampling_ratio, aligned, T)
+        inv_count = T(1) / T(max(grid_h * grid_w, 1))
+        # sample columns: the x half of the clamp rule, once per RoI
+        n_sx = max(pooled_w * grid_w, 1)
+        x_idx = np.empty((n_sx, 3), np.int64)  # inside, x_low, x_high
+        x_wt = np.empty((n_sx, 2), xt.dtype)  # hx, lx
+        x_min = w
+        x_max = -1
+        for pw in range(pooled_w):
+            for ix in range(grid_w):
+                xx = _sample_pos(start_w, pw, bin_w, ix, grid_w, T)
+                ok, lo, hi, lx, hx = clamp_axis(xx, w, T)
+                k = pw * grid_w + ix
+                x_idx[k, 0] = 1 if ok else 0
+                x_idx[k, 1] = lo
+                x_idx[k, 2] = hi
+                x_wt[k, 0] = hx
+                x_wt[k, 1] = lx
+                if ok:
+                    x_min = min(x_min, lo)
+                    x_max = max(x_max, hi)
+        if x_max < 0 or grid_h == 0:
+            for c in range(c_in):
+                for ph in range(pooled_h):
+                    for pw in range(pooled_w):
+                        out[r, c, ph, pw] = T(0)
+            continue
+        seg = (x_max - x_min + 1) * c_in
+        vb = np.empty(seg, xt.dtype)
+        # this RoI's bins, channels-last; transposed into out at the end (direct
+        # stores into out's (C, bins) layout would stride across cache lines)
+        ob = np.empty((pooled_h * pooled_w, c_in), xt.dtype)
+        for ph in range(pooled_h):
+            # vertical pass: the bin row's sample rows, summed into vb
+            n_rows = 0
+            for iy in range(grid_h):
+                yy = _sample_pos(start_h, ph, bin_h, iy, grid_h, T)
+                ok, y_lo, y_hi, ly, hy = clamp_axis(yy, h, T)
+                if not ok:
+                    continue
+                img = s * xt.shape[1]
+                _axpby(vb, 0, xt, img + (y_lo * w + x_min) * c_in,
+                       img + (y_hi * w + x_min) * c_in, seg, hy, ly, n_rows > 0)
+                n_rows += 1
+            # horizontal pass: each bin from its sample columns
+            for pw in range(pooled_w):
+                acc = ob[ph * pooled_w + pw]
+                n_s = 0
+                if n_rows > 0:
+                    for ix in range(grid_w):
+                        k = pw * grid_w + ix
+                        if x_idx[k, 0] == 0:
+                            continue
+                        _axpby(ob, (ph * pooled_w + pw) * c_in, vb,
+                               (x_idx[k, 1] - x_min) * c_in, (x_idx[k, 2] - x_min) * c_in,
+                               c_in, x_wt[k, 0], x_wt[k, 1], n_s > 0)
+                        n_s += 1
+                if n_s == 0:
+                    for c in range(c_in):
+                        acc[c] = T(0)
+                else:
+                    for c in range(c_in):
+                        acc[c] *= inv_count
+        _store_bins(ob, out, r, pooled_h, pooled_w)
+    return out
+
+
+@numba.njit(**JIT_OPTIONS)
+def _roi_align_planar(x, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned):
+    T = x.dtype.type
+    _, c_in, h, w = x.shape
+    n_rois = rois.shape[0]
+    out = np.empty((n_rois, c_in, pooled_h, pooled_w), x.dtype)
+    scale = T(spatial_scale)
+    n_bins = pooled_h * pooled_w
+    for r in numba.prange(n_rois):
+        roi = rois[r]
+        b = int(roi[0])
+        start_h, start_w, bin_h, bin_w, grid_h, grid_w = _align_geometry(
+            roi, scale, pooled_h, pooled_w, sampling_ratio, aligned, T)
+        inv_count = T(1) / T(max(grid_h * grid_w, 1))
+        n_s = max(n_bins * grid_h * grid_w, 1)
+        pos = np.empty((n_s, 4), np.int64)
+        wts = np.empty((n_s, 4), x.dtype)
+        bin_end = np.empty(n_bins, np.int64)  # samples [bin_end[k-1], bin_end[k]) are bin k
+        k = 0
+        for ph in range(pooled_h):
+            for pw in range(pooled_w):
+                for iy in range(grid_h):
+                    yy = _sample_pos(start_h, ph, bin_h, iy, grid_h, T)
+                    for ix in range(grid_w):
+                        xx = _sample_pos(start_w, pw, bin_w, ix, grid_w, T)
+                        inside, i1, i2, i3, i4, w1, w2, w3, w4 = bilinear_clamp(yy, xx, h, w, T)
+                        if inside:
+                            pos[k, 0] = i1
+                            pos[k, 1] = i2
+                            pos[k, 2] = i3
+                            pos[k, 3] = i4
+                            wts[k, 0] = w1
+                            wts[k, 1] = w2
+                            wts[k, 2] = w3
+                            wts[k, 3] = w4
+                            k += 1
+                bin_end[ph * pooled_w + pw] = k
+        for c in range(c_in):
+            plane = x[b, c].reshape(h * w)
+            k0 = 0
+            for bi in range(n_bins):
+                k1 = bin_end[bi]
+                v = T(0)
+                for q in range(k0, k1):
+                    v += (wts[q, 0] * plane[pos[q, 0]] + wts[q, 1] * plane[pos[q, 1]]
+                          + wts[q, 2] * plane[pos[q, 2]] + wts[q, 3] * plane[pos[q, 3]])
+                out[r, c, bi // pooled_w, bi % pooled_w] = v * inv_count
+                k0 = k1
+    return out
+
+
+def roi_align(x, rois, *, output_size, spatial_scale, sampling_ratio, aligned):
+    """Bilinear RoIAlign (torchvision's).
+
+    See ``fastconv.backends`` for the argument contract.
+
+    Returns
+    -------
+    out : numpy.ndarray, shape (K, C, pooled_h, pooled_w)
+    """
+    n_b, c_in, h, w = x.shape
+    pooled_h, pooled_w = output_size
+    n_rois = rois.shape[0]
+    if n_rois == 0 or c_in == 0:
+        return np.zeros((n_rois, c_in, pooled_h, pooled_w), x.dtype)
+    scale = float(spatial_scale)
+    sr = int(sampling_ratio)
+    if sr > 0:
+        per_bin = sr * sr
+    else:  # adaptive grid: estimate from the box sizes (in float64; only a cost estimate)
+        bw = np.abs(rois[:, 3] - rois[:, 1]).astype(np.float64) * abs(scale)
+        bh = np.abs(rois[:, 4] - rois[:, 2]).astype(np.float64) * abs(scale)
+        per_bin = float(np.mean(np.ceil(bh / pooled_h) * np.ceil(bw / pooled_w)))
+    reads = 4.0 * n_rois * pooled_h * pooled_w * per_bin
+    idx, slot = _used_slots(rois, n_b)
+    if _use_channels_last(idx.size, c_in, h, w, reads, x.dtype.itemsize):
+        xt = _to_nhwc(x, idx)
+        return _roi_align_nhwc(xt, slot, rois, c_in, h, w, pooled_h, pooled_w, scale, sr,
+                               bool(aligned))
+    return _roi_align_planar(x, rois, pooled_h, pooled_w, scale, sr, bool(aligned))
+
+
+# --------------------------------------------------------------------------- roi_pool
+
+
+@numba.njit(**EXACT_JIT_OPTIONS)
+def _pool_geometry(roi, spatial_scale, pooled_h, pooled_w, limit, T):
+    """torchvision's rounded box corners and bin size for one RoI row."""
+    start_w = _c_round(roi[1] * spatial_scale, limit)
+    start_h = _c_round(roi[2] * spatial_scale, limit)
+    end_w = _c_round(roi[3] * spatial_scale, limit)
+    end_h = _c_round(roi[4] * spatial_scale, limit)
+    roi_w = max(end_w - start_w + 1, 1)
+    roi_h = max(end_h - start_h + 1, 1)
+    bin_h = T(roi_h) / T(pooled_h)
+    bin_w = T(roi_w) / T(pooled_w)
+    return start_h, start_w, bin_h, bin_w
+
+
+@numba.njit(**EXACT_JIT_OPTIONS)
+def _bin_range(p, p1, bin_size, start, size):
+    """Bin ``[floor(p*bin), ceil(p1*bin))`` shifted by ``start`` and clipped to ``[0, size]``."""
+    lo = int(np.floor(p * bin_size)) + start
+    hi = int(np.ceil(p1 * bin_size)) + start
+    return min(max(lo, 0), size), min(max(hi, 0), size)
+
+
+@numba.njit(**JIT_OPTIONS)
+def _roi_pool_nhwc(xt, slot, rois, c_in, h, w, pooled_h, pooled_w, spatial_scale, limit):
+    T = xt.dtype.type
+    n_rois = rois.shape[0]
+    out = np.empty((n_rois, c_in, pooled_h, pooled_w), xt.dtype)
+    scale = T(spatial_scale)
+    lowest = T(-_FLT_MAX)
+    for r in numba.prange(n_rois):
+        roi = rois[r]
+        s = slot[int(roi[0])]
+        start_h, start_w, bin_h, bin_w = _pool_geometry(
+            roi, scale, pooled_h, pooled_w, limit, T)
+        ws = np.empty(pooled_w, np.int64)
+        we = np.empty(pooled_w, np.int64)
+        x_min = w
+        x_max = 0  # exclusive
+        for pw in range(pooled_w):
+            ws[pw], we[pw] = _bin_range(T(pw), T(pw + 1), bin_w, start_w, w)
+            if we[pw] > ws[pw]:
+                x_min = min(x_min, ws[pw])
+                x_max = max(x_max, we[pw])
+        seg = max(x_max - x_min, 0) * c_in
+        vm = np.empty(max(seg, 1), xt.dtype)
+        ob = np.empty((pooled_h * pooled_w, c_in), xt.dtype)  # bins, channels-last
+        for ph in range(pooled_h):
+            hs, he = _bin_range(T(ph), T(ph + 1), bin_h, start_h, h)
+            if he > hs and seg > 0:
+                # vertical pass: column-wise max over the bin row's rows
+                a = (hs * w + x_min) * c_in
+                row = xt[s, a:a + seg]
+                for k in range(seg):
+                    v = row[k]
+                    vm[k] = v if v > lowest else lowest
+                for yy in range(hs + 1, he):
+                    a = (yy * w + x_min) * c_in
+                    row = xt[s, a:a + seg]
+                    for k in range(seg):
+                        v = row[k]
+                        vm[k] = v if v > vm[k] else vm[k]
+            for pw in range(pooled_w):
+                acc = ob[ph * pooled_w + pw]
+                if he <= hs or we[pw] <= ws[pw]:
+                    for c in range(c_in):
+                        acc[c] = T(0)
+                    continue
+                a = (ws[pw] - x_min) * c_in
+                col = vm[a:a + c_in]
+                for c in range(c_in):
+                    acc[c] = col[c]
+                for xx in range(ws[pw] + 1, we[pw]):
+                    a = (xx - x_min) * c_in
+                    col = vm[a:a + c_in]
+                    for c in range(c_in):
+                        v = col[c]
+                        acc[c] = v if v > acc[c] else acc[c]
+        _store_bins(ob, out, r, pooled_h, pooled_w)
+    return out
+
+
+@numba.njit(**JIT_OPTIONS)
+def _roi_pool_planar(x, rois, pooled_h, pooled_w, spatial_scale, limit):
+    T = x.dtype.type
+    _, c_in, h, w = x.shape
+    n_rois = rois.shape[0]
+    out = np.empty((n_rois, c_in, pooled_h, pooled_w), x.dtype)
+    scale = T(spatial_scale)
+    lowest = T(-_FLT_MAX)
+    for r in numba.prange(n_rois):
+        roi = rois[r]
+        b = int(roi[0])
+        start_h, start_w, bin_h, bin_w = _pool_geometry(roi, scale, pooled_h, pooled_w, limit, T)
+        hs = np.empty(pooled_h, np.int64)
+        he = np.empty(pooled_h, np.int64)
+        ws = np.empty(pooled_w, np.int64)
+        we = np.empty(pooled_w, np.int64)
+        for ph in range(pooled_h):
+            hs[ph], he[ph] = _bin_range(T(ph), T(ph + 1), bin_h, start_h, h)
+        for pw in range(pooled_w):
+            ws[pw], we[pw] = _bin_range(T(pw), T(pw + 1), bin_w, start_w, w)
+        for c in range(c_in):
+            for ph in range(pooled_h):
+                for pw in range(pooled_w):
+                    if he[ph] <= hs[ph] or we[pw] <= ws[pw]:
+                        out[r, c, ph, pw] = T(0)
+                        continue
+                    m = lowest
+                    for yy in range(hs[ph], he[ph]):
+                        for xx in range(ws[pw], we[pw]):
+                            v = x[b, c, yy, xx]
+                            m = v if v > m else m
+                    out[r, c, ph, pw] = m
+    return out
+
+
+def roi_pool(x, rois, *, output_size, spatial_scale):
+    """Max RoIPool (torchvision's).
+
+    See ``fastconv.backends`` for the argument contract.
+
+    Returns
+    -------
+    out : numpy.ndarray, shape (K, C, pooled_h, pooled_w)
+    """
+    n_b, c_in, h, w = x.shape
+    pooled_h, pooled_w = output_size
+    n_rois = rois.shape[0]
+    if n_rois == 0 or c_in == 0:
+        return np.zeros((n_rois, c_in, pooled_h, pooled_w), x.dtype)
+    scale = float(spatial_scale)
+    # reads per channel: the box areas, clipped to the image (a cost estimate only)
+    bw = np.clip(np.abs(rois[:, 3] - rois[:, 1]).astype(np.float64) * abs(scale) + 1, 1, w)
+    bh = np.clip(np.abs(rois[:, 4] - rois[:, 2]).astype(np.float64) * abs(scale) + 1, 1, h)
+    reads = float(np.sum(bw * bh))
+    idx, slot = _used_slots(rois, n_b)
+    if _use_channels_last(idx.size, c_in, h, w, reads, x.dtype.itemsize):
+        xt = _to_nhwc(x, idx)
+        return _roi_pool_nhwc(xt, slot, rois, c_in, h, w, pooled_h, pooled_w, scale,
+                              _COORD_LIMIT)
+    return _roi_pool_planar(x, rois, pooled_h, pooled_w, scale, _COORD_LIMIT)
+
+
+__all__ = ["roi_align", "roi_pool"]
