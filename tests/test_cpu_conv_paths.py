@@ -1,0 +1,365 @@
+"""Every algorithm path of the CPU conv kernels against the oracle.
+
+``fastconv.backends.cpu.conv`` picks, per call: the depthwise kernel (``C_in/groups == 1``)
+or the packed row kernel; a register tile ``KB`` output channels x ``NV`` SIMD vectors
+(16 float32 / 8 float64 lanes) from the output width and channels per group; an L1
+reduction block over input channels (several blocks -> partial sums); and, for
+``conv_transpose2d``, one stride-1 correlation per output phase (possibly with no taps).
+These tests force each choice through the module's test hooks and sit on the crossover
+boundaries (widths one below/at/above a vector or tile multiple, channel counts around the
+tile height).
+"""
+
+import numpy as np
+import pytest
+
+from fastconv import reference
+from fastconv.backends.cpu import conv as cpu_conv
+
+TOL = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}
+
+
+@pytest.fixture(params=["float32", "float64"])
+def dtype(request):
+    return np.dtype(request.param)
+
+
+@pytest.fixture
+def hooks(monkeypatch):
+    """Set the kernel-selection hooks for one test; restored afterwards."""
+
+    def set_(**kw):
+        for name, value in kw.items():
+            monkeypatch.setattr(cpu_conv, name, value)
+
+    return set_
+
+
+def _rand(shape, dtype, seed):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+def _out_conv(n, k, s, p, d):
+    return (n + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _check(out, ref, dtype):
+    assert out.dtype == dtype and out.shape == ref.shape
+    assert out.flags.c_contiguous
+    err = np.max(np.abs(out - ref), initial=0.0) / max(1.0, np.max(np.abs(ref), initial=0.0))
+    assert err <= TOL[dtype], err
+
+
+def run_conv(dtype, N, C, H, W, K, groups, kh, kw, stride=(1, 1), padding=(0, 0),
+             dilation=(1, 1), bias=True, seed=0):
+    x = _rand((N, C, H, W), dtype, seed)
+    w = _rand((K, C // groups, kh, kw), dtype, seed + 1)
+    b = _rand((K,), dtype, seed + 2) if bias else None
+    keep = (x.copy(), w.copy(), None if b is None else b.copy())
+    out_hw = (_out_conv(H, kh, stride[0], padding[0], dilation[0]),
+              _out_conv(W, kw, stride[1], padding[1], dilation[1]))
+    out = cpu_conv.conv2d(x, w, b, stride=stride, padding=padding, dilation=dilation,
+                          groups=groups, out_hw=out_hw)
+    ref = reference.conv2d(x, w, b, stride, padding, dilation, groups)
+    _check(out, ref, dtype)
+    np.testing.assert_array_equal(x, keep[0])
+    np.testing.assert_array_equal(w, keep[1])
+    if b is not None:
+        np.testing.assert_array_equal(b, keep[2])
+    return out
+
+
+def run_convt(dtype, N, C, H, W, Kg, groups, kh, kw, stride=(1, 1), padding=(0, 0),
+              output_padding=(0, 0), dilation=(1, 1), bias=True, seed=0):
+    x = _rand((N, C, H, W), dtype, seed)
+    w = _rand((C, Kg, kh, kw), dtype, seed + 1)
+    b = _rand((Kg * groups,), dtype, seed + 2) if bias else None
+    keep = (x.copy(), w.copy())
+    out_hw = tuple((n - 1) * s - 2 * p + d * (k - 1) + o + 1 for n, s, p, d, k, o in
+                   zip((H, W), stride, padding, dilation, (kh, kw), output_padding,
+                       strict=True))
+    out = cpu_conv.conv_transpose2d(x, w, b, stride=stride, padding=padding,
+                                    dilation=dilation, groups=groups, out_hw=out_hw)
+    ref = reference.conv_transpose2d(x, w, b, stride, padding, output_padding, groups, dilation)
+    _check(out, ref, dtype)
+    np.testing.assert_array_equal(x, keep[0])
+    np.testing.assert_array_equal(w, keep[1])
+    return out
+
+
+# ------------------------------------------------------------------------------ row kernel
+
+
+@pytest.mark.parametrize("kb,nv", [(1, 1), (3, 2), (6, 4), (16, 1)])
+def test_row_kernel_forced_tiles(dtype, hooks, kb, nv):
+    # K = 13 is not a multiple of any KB > 1: the last channel block is padded
+    hooks(_FORCE_TILE=(kb, nv))
+    run_conv(dtype, 2, 5, 11, 37, 13, 1, 3, 2, padding=(1, 0), dilation=(2, 3))
+    run_convt(dtype, 1, 4, 7, 9, 13, 1, 3, 4, stride=(2, 3), padding=(1, 2))
+
+
+@pytest.mark.parametrize("wo_minus_lanes", [-1, 0, 1])
+@pytest.mark.parametrize("vectors", [1, 4, 5, 8, 9])
+def test_width_around_vector_and_tile_multiples(dtype, vectors, wo_minus_lanes):
+    # output width one below / at / above NV*L (L = 64 bytes / itemsize), for NV = 1..4 and
+    # for widths that need several tiles
+    lanes = cpu_conv.VEC_BYTES // dtype.itemsize
+    wo = max(1, vectors * lanes + wo_minus_lanes)
+    run_conv(dtype, 1, 3, 4, wo + 2, 5, 1, 3, 3, padding=(1, 0))
+
+
+@pytest.mark.parametrize("K", [1, 5, 6, 7, 12, 13, 17])
+def test_output_channels_around_tile_height(dtype, K):
+    run_conv(dtype, 1, 4, 6, 20, K, 1, 3, 3, padding=(1, 1))
+
+
+@pytest.mark.parametrize("l1_bytes", [1, 2000, 10**9])
+def test_reduction_blocks_partial_sums(dtype, hooks, l1_bytes):
+    # a tiny L1 budget gives one input channel per block (partial sums through the row
+    # buffer on every block); a huge one a single block
+    hooks(_L1_BLOCK_BYTES=l1_bytes)
+    run_conv(dtype, 1, 19, 9, 21, 7, 1, 3, 3, padding=(1, 1), dilation=(2, 1))
+    run_conv(dtype, 1, 12, 9, 21, 9, 3, 3, 3, padding=(1, 1))
+    run_convt(dtype, 1, 19, 6, 7, 5, 1, 4, 4, stride=(2, 2), padding=(1, 1))
+
+
+@pytest.mark.parametrize("stride", [(1, 1), (2, 1), (1, 2), (2, 3), (4, 4)])
+@pytest.mark.parametrize("dilation", [(1, 1), (2, 3)])
+def test_strided_dilated_asymmetric(dtype, stride, dilation):
+    # strides > 1 along W use the phase-split packed layout
+    run_conv(dtype, 2, 6, 23, 41, 4, 2, 3, 5, stride=stride, padding=(2, 1), dilation=dilation)
+
+
+@pytest.mark.parametrize("groups,cpg,kpg", [(1, 7, 3), (2, 3, 5), (4, 2, 2), (3, 5, 1)])
+def test_groups(dtype, groups, cpg, kpg):
+    run_conv(dtype, 2, groups * cpg, 10, 19, groups * kpg, groups, 3, 3, padding=(1, 1))
+
+
+def test_kernel_larger_than_input_with_padding(dtype):
+    run_conv(dtype, 1, 2, 3, 4, 3, 1, 5, 6, padding=(2, 3))
+
+
+def test_one_by_one_and_strided_one_by_one(dtype):
+    run_conv(dtype, 2, 16, 9, 33, 24, 1, 1, 1)
+    run_conv(dtype, 2, 16, 9, 33, 24, 1, 1, 1, stride=(2, 2))
+
+
+def test_benchmark_like_shapes_small(dtype):
+    # scaled-down versions of the BENCHMARKS.md cases (same structure, fewer pixels)
+    run_conv(dtype, 1, 32, 20, 64, 32, 1, 3, 3, padding=(6, 6), dilation=(6, 6))  # dilated_aspp
+    run_conv(dtype, 1, 64, 9, 56, 64, 8, 3, 3, padding=(1, 1))  # grouped_resnext
+    run_conv(dtype, 1, 16, 9, 56, 16, 16, 3, 3, padding=(1, 1))  # depthwise
+    run_convt(dtype, 1, 5, 6, 8, 5, 1, 16, 16, stride=(8, 8), padding=(4, 4))  # fcn
+    run_convt(dtype, 1, 16, 7, 9, 8, 1, 4, 4, stride=(2, 2), padding=(1, 1))  # decoder
+
+
+@pytest.mark.parametrize("ring", [None, 1, 40])
+def test_packed_row_ring_sizes(dtype, hooks, ring):
+    # the smallest ring (one output row's span: every row re-packed as it is evicted) and
+    # a large one; the ring is keyed per (image, group, row), so batches and groups and
+    # transposed row phases share it
+    hooks(_FORCE_RING=ring)
+    run_conv(dtype, 3, 6, 15, 20, 4, 2, 3, 3, stride=(2, 1), padding=(2, 1), dilation=(3, 1))
+    run_convt(dtype, 2, 4, 9, 11, 3, 2, 4, 3, stride=(3, 2), padding=(1, 1), output_padding=(2, 0))
+
+
+@pytest.mark.parametrize("flat", [0, 1, 3, 100])
+def test_flat_layout_rows_per_item(dtype, hooks, flat):
+    # stride-1 convs may use the flat layout (output rows concatenated at width
+    # Wo + dW*(kW - 1)): never (0), one row per item, a partial last block, whole images
+    hooks(_FORCE_FLAT=flat)
+    run_conv(dtype, 2, 6, 13, 21, 10, 2, 3, 2, padding=(1, 0), dilation=(2, 3))
+    run_conv(dtype, 1, 8, 7, 7, 16, 1, 3, 3, padding=(1, 1))
+    run_conv(dtype, 1, 3, 9, 5, 4, 1, 5, 5, padding=(2, 2), bias=False)
+
+
+@pytest.mark.parametrize("flat", [None, 0])
+def test_small_images_and_odd_widths(dtype, hooks, flat):
+    # the cases the flat layout is for (7x7, 14x14, widths between tile multiples)
+    hooks(_FORCE_FLAT=flat)
+    run_conv(dtype, 1, 32, 7, 7, 48, 1, 3, 3, padding=(1, 1))
+    run_conv(dtype, 2, 16, 14, 14, 16, 2, 3, 3, padding=(1, 1))
+    run_conv(dtype, 1, 16, 9, 56, 16, 2, 3, 3, padding=(1, 1))
+
+
+@pytest.mark.parametrize("kgroups", [1, 2, 3, 100])
+def test_output_channel_groups(dtype, hooks, kgroups):
+    # work items split over output-channel blocks (the last group may end on the shifted
+    # last block)
+    hooks(_FORCE_KGROUPS=kgroups, _FORCE_TILE=(4, 2))
+    run_conv(dtype, 1, 5, 6, 40, 13, 1, 3, 3, padding=(1, 1))
+    run_conv(dtype, 1, 5, 6, 40, 13, 1, 3, 3, padding=(1, 1), stride=(2, 2))
+    run_convt(dtype, 1, 5, 4, 9, 13, 1, 4, 4, stride=(2, 2), padding=(1, 1))
+
+
+# ------------------------------------------------------------------------------ depthwise
+
+
+@pytest.mark.parametrize("use_depthwise", [True, False])
+@pytest.mark.parametrize("mult", [1, 2, 3, 8])
+def test_depthwise_kernel_and_row_kernel_agree(dtype, hooks, use_depthwise, mult):
+    hooks(_USE_DEPTHWISE=use_depthwise)
+    run_conv(dtype, 2, 5, 13, 35, 5 * mult, 5, 3, 3, padding=(1, 1))
+
+
+@pytest.mark.parametrize("stride,dilation,padding", [((2, 2), (1, 1), (1, 1)),
+                                                     ((1, 3), (2, 1), (0, 2)),
+                                                     ((3, 2), (3, 2), (3, 0))])
+def test_depthwise_strided_dilated(dtype, stride, dilation, padding):
+    run_conv(dtype, 1, 6, 17, 50, 6, 6, 3, 4, stride=stride, padding=padding, dilation=dilation)
+
+
+@pytest.mark.parametrize("nv", [1, 2, 3, 4])
+def test_depthwise_forced_widths(dtype, hooks, nv):
+    hooks(_FORCE_TILE=(1, nv))
+    run_conv(dtype, 1, 3, 8, 70, 3, 3, 3, 3, padding=(1, 1))
+
+
+# ------------------------------------------------------------------------------ transposed
+
+
+@pytest.mark.parametrize("stride,kernel,padding,dilation,output_padding", [
+    ((1, 1), (3, 3), (1, 1), (1, 1), (0, 0)),
+    ((2, 2), (4, 4), (1, 1), (1, 1), (1, 1)),
+    ((3, 3), (2, 2), (0, 0), (1, 1), (2, 2)),   # k < s: some output phases have no taps
+    ((8, 8), (16, 16), (4, 4), (1, 1), (0, 0)),
+    ((2, 3), (3, 5), (2, 0), (3, 2), (1, 1)),   # dilation > stride
+    ((4, 1), (1, 3), (0, 1), (1, 1), (3, 0)),
+])
+def test_transposed_phases(dtype, stride, kernel, padding, dilation, output_padding):
+    run_convt(dtype, 2, 4, 5, 7, 3, 1, *kernel, stride=stride, padding=padding,
+              dilation=dilation, output_padding=output_padding)
+
+
+@pytest.mark.parametrize("groups", [2, 3])
+def test_transposed_groups(dtype, groups):
+    run_convt(dtype, 1, 2 * groups, 6, 9, 3, groups, 3, 3, stride=(2, 2), padding=(1, 1),
+              output_padding=(1, 0))
+
+
+def test_transposed_wide_rows_multiple_tiles(dtype):
+    run_convt(dtype, 1, 3, 2, 70, 2, 1, 2, 3, stride=(1, 2), padding=(0, 1))
+
+
+@pytest.mark.parametrize("sw", [2, 3, 4, 5, 8])
+@pytest.mark.parametrize("width", [1, 15, 16, 17, 40])
+def test_transposed_column_phase_interleave(dtype, sw, width):
+    # W strides 2, 4, 8 use the SIMD interleave epilogue (L input columns at a time, then a
+    # scalar tail); 3 and 5 the scalar one; output_padding gives phases one column short
+    run_convt(dtype, 1, 2, 3, width, 3, 1, 2, 2 * sw, stride=(2, sw), padding=(0, 1),
+              output_padding=(1, sw - 1))
+
+
+# ------------------------------------------------------------------------------ edge cases
+
+
+def test_empty_batch_and_zero_channels(dtype):
+    x = np.zeros((0, 4, 6, 6), dtype)
+    w = _rand((3, 4, 3, 3), dtype, 0)
+    out = cpu_conv.conv2d(x, w, None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
+                          groups=1, out_hw=(4, 4))
+    assert out.shape == (0, 3, 4, 4) and out.dtype == dtype
+    # C_in = 0: the output is the bias (a garbage-filled heap must not leak through)
+    np.full(10**6, np.nan, dtype).sum()
+    b = np.arange(3, dtype=dtype)
+    out = cpu_conv.conv2d(np.zeros((2, 0, 6, 6), dtype), np.zeros((3, 0, 3, 3), dtype), b,
+                          stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
+                          out_hw=(4, 4))
+    np.testing.assert_array_equal(out, np.broadcast_to(b[None, :, None, None], (2, 3, 4, 4)))
+    out = cpu_conv.conv_transpose2d(np.zeros((2, 0, 3, 3), dtype), np.zeros((0, 3, 2, 2), dtype),
+                                    b, stride=(2, 2), padding=(0, 0), dilation=(1, 1),
+                                    groups=1, out_hw=(6, 6))
+    np.testing.assert_array_equal(out, np.broadcast_to(b[None, :, None, None], (2, 3, 6, 6)))
+    # zero output channels
+    out = cpu_conv.conv2d(_rand((1, 2, 5, 5), dtype, 0), np.zeros((0, 2, 3, 3), dtype), None,
+                          stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
+                          out_hw=(3, 3))
+    assert out.shape == (1, 0, 3, 3)
+
+
+@pytest.mark.parametrize("flat", [None, 0])
+@pytest.mark.parametrize("groups", [1, 4])
+def test_nan_propagates_to_its_receptive_field(dtype, hooks, groups, flat):
+    hooks(_FORCE_FLAT=flat)
+    x = _rand((1, 4, 12, 40), dtype, 0)
+    x[0, 1, 5, 20] = np.nan
+    w = _rand((4, 4 // groups, 3, 3), dtype, 1)
+    out = cpu_conv.conv2d(x, w, None, stride=(1, 1), padding=(1, 1), dilation=(1, 1),
+                          groups=groups, out_hw=(12, 40))
+    ref = reference.conv2d(x, w, None, 1, 1, 1, groups)
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+    assert np.isnan(out).sum() == (9 * 4 if groups == 1 else 9)
+    fin = ~np.isnan(ref)
+    assert np.max(np.abs(out[fin] - ref[fin])) <= TOL[dtype] * max(1, np.abs(ref[fin]).max())
+    wt = _rand((4, 3, 4, 4), dtype, 2)
+    out = cpu_conv.conv_transpose2d(x, wt, None, stride=(2, 2), padding=(1, 1), dilation=(1, 1),
+                                    groups=1, out_hw=(24, 80))
+    ref = reference.conv_transpose2d(x, wt, None, 2, 1, 0, 1, 1)
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+
+
+def test_inf_input_gives_inf_not_nan():
+    x = np.ones((1, 1, 4, 20), np.float32)
+    x[0, 0, 2, 5] = np.inf
+    w = np.ones((1, 1, 3, 3), np.float32)
+    out = cpu_conv.conv2d(x, w, None, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1,
+                          out_hw=(4, 20))
+    assert np.isposinf(out[0, 0, 1:4, 4:7]).all()
+    assert np.isfinite(out).sum() == out.size - 9
+
+
+def test_respects_thread_count(dtype):
+    import numba
+
+    before = numba.get_num_threads()
+    try:
+        results = []
+        for nt in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(nt)
+            results.append(run_conv(dtype, 2, 8, 13, 30, 6, 2, 3, 3, padding=(1, 1)))
+        for r in results[1:]:
+            np.testing.assert_array_equal(r, results[0])
+    finally:
+        numba.set_num_threads(before)
+
+
+_AVX2_SCRIPT = """
+import numpy as np
+from fastconv import reference
+from fastconv.backends.cpu import conv as c
+assert (c.VEC_BYTES, c._NREGS) == (32, 16), (c.VEC_BYTES, c._NREGS)
+rng = np.random.default_rng(0)
+for dt, tol in ((np.float32, 1e-4), (np.float64, 1e-10)):
+    x = rng.standard_normal((2, 6, 11, 37)).astype(dt)
+    w = rng.standard_normal((8, 3, 3, 3)).astype(dt)
+    out = c.conv2d(x, w, None, stride=(1, 2), padding=(1, 1), dilation=(2, 1), groups=2,
+                   out_hw=(9, 19))
+    ref = reference.conv2d(x, w, None, (1, 2), 1, (2, 1), 2)
+    assert np.abs(out - ref).max() <= tol * max(1, np.abs(ref).max())
+    wt = rng.standard_normal((6, 5, 4, 4)).astype(dt)
+    out = c.conv_transpose2d(x, wt, None, stride=(2, 2), padding=(1, 1), dilation=(1, 1),
+                             groups=1, out_hw=(22, 74))
+    ref = reference.conv_transpose2d(x, wt, None, 2, 1, 0, 1, 1)
+    assert np.abs(out - ref).max() <= tol * max(1, np.abs(ref).max())
+    wd = rng.standard_normal((12, 1, 3, 3)).astype(dt)
+    out = c.conv2d(x, wd, None, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=6,
+                   out_hw=(11, 37))
+    ref = reference.conv2d(x, wd, None, 1, 1, 1, 6)
+    assert np.abs(out - ref).max() <= tol * max(1, np.abs(ref).max())
+print("ok")
+"""
+
+
+@pytest.mark.slow
+def test_avx2_target_in_subprocess(tmp_path):
+    # the tiles follow numba's target: 32-byte vectors and 16 registers on AVX2 machines
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CACHE_DIR=str(tmp_path),
+               NUMBA_CPU_FEATURES="+avx2,+fma,+avx,+sse4.2,+sse4.1,+ssse3,+sse3,+sse2,+sse,"
+                                  "+popcnt,+f16c,+bmi,+bmi2,+lzcnt,+movbe,+cx16")
+    res = subprocess.run([sys.executable, "-c", _AVX2_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=900)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]
