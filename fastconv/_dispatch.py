@@ -15,8 +15,7 @@ GPU libraries are imported only when a GPU array or backend shows up, so
 from __future__ import annotations
 
 import importlib
-import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -105,7 +104,6 @@ class Call:
     dtype: np.dtype
     result_kind: str
     device: int | None = None
-    _stash: dict = field(default_factory=dict)
 
     @property
     def is_reference(self) -> bool:
@@ -150,16 +148,66 @@ class Call:
 
     def from_host(self, a: np.ndarray):
         """A host array on this call's device, in the backend's native type."""
-        if self.device is None:
-            return a
-        with self.module.use_device(self.device):
-            if self.name == "cupy":
-                import cupy
+        return upload(self.name, self.module, self.device, a)
 
-                return cupy.asarray(a)
-            from numba import cuda
 
-            return cuda.to_device(np.ascontiguousarray(a))
+def upload(name: str, module, device: int | None, host: np.ndarray):
+    """``host`` on ``device`` in backend ``name``'s native type (``host`` itself on the host)."""
+    if device is None:
+        return host
+    with module.use_device(device):
+        if name == "cupy":
+            import cupy
+
+            return cupy.asarray(host)
+        from numba import cuda
+
+        return cuda.to_device(np.ascontiguousarray(host))
+
+
+def select_backend(backend, kind: str, label: str, obj) -> str:
+    """The backend for a call whose (first) array ``label`` is ``obj``, of array kind ``kind``.
+
+    ``None`` picks by array type; a named backend must run where the array lives.
+    """
+    if backend is None:
+        return DEFAULT_BACKEND[kind]
+    check_backend_name(backend)
+    runs_on_gpu = BACKENDS[backend][1]
+    if runs_on_gpu and kind == "numpy":
+        raise TypeError(
+            f"backend {backend!r} runs on GPU arrays, but {label} is {_type_name(obj)}; "
+            "move the arrays to the GPU first (e.g. cupy.asarray)"
+        )
+    if not runs_on_gpu and kind != "numpy":
+        raise TypeError(
+            f"backend {backend!r} runs on host arrays, but {label} is {_type_name(obj)}; "
+            "copy to the host first (e.g. cupy.asnumpy)"
+        )
+    return backend
+
+
+def native_like(module, device: int | None, obj, label: str, owner: str = "input"):
+    """``obj`` as a native array that lives where the call's ``owner`` array lives.
+
+    Host arrays go with a host ``owner`` (``device`` None), GPU arrays with a GPU
+    one on the same device; anything else raises ``TypeError`` / ``ValueError``.
+    """
+    kind = array_kind(obj)
+    if (kind == "numpy") != (device is None):
+        where = "a host array" if device is None else "a GPU array"
+        raise TypeError(
+            f"{label} is {_type_name(obj)} but {owner} is {where}; "
+            f"{label} must live where {owner} lives"
+        )
+    if kind == "numpy":
+        return np.asarray(obj)
+    native = module.as_native(obj)
+    if module.device_id(native) != device:
+        raise ValueError(
+            f"{label} is on device {module.device_id(native)} but {owner} is on device {device}"
+        )
+    return native
 
 
 def prepare(backend, **arrays) -> Call:
@@ -179,21 +227,7 @@ def prepare(backend, **arrays) -> Call:
             "cannot mix host and GPU arrays: "
             + ", ".join(f"{n} is {_type_name(arrays[n])}" for n in kinds)
         )
-    name = DEFAULT_BACKEND[kinds[first]] if backend is None else backend
-    if backend is not None:
-        check_backend_name(backend)
-        runs_on_gpu = BACKENDS[backend][1]
-        if runs_on_gpu and on_host:
-            raise TypeError(
-                f"backend {backend!r} runs on GPU arrays, but {first} is "
-                f"{_type_name(arrays[first])}; move the arrays to the GPU first "
-                "(e.g. cupy.asarray)"
-            )
-        if not runs_on_gpu and on_gpu:
-            raise TypeError(
-                f"backend {backend!r} runs on host arrays, but {first} is "
-                f"{_type_name(arrays[first])}; copy to the host first (e.g. cupy.asnumpy)"
-            )
+    name = select_backend(backend, kinds[first], first, arrays[first])
     module = get_backend(name)
     native = {n: (None if a is None else module.as_native(a)) for n, a in arrays.items()}
     dtype = _args.common_float_dtype(native, allow_half=BACKENDS[name][2], backend=name)
@@ -221,24 +255,11 @@ def prepare_boxes(call: Call, boxes, batch: int, check: bool):
     items = list(boxes) if is_list else [boxes]
     host_items = []
     for i, b in enumerate(items):
-        kind = array_kind(b)
         label = f"boxes[{i}]" if is_list else "boxes"
-        if (kind == "numpy") != (call.device is None):
-            raise TypeError(
-                f"{label} is {_type_name(b)} but input is "
-                f"{'a host array' if call.device is None else 'a GPU array'}; "
-                "boxes must live where the input lives"
-            )
-        native = call.module.as_native(b) if kind != "numpy" else np.asarray(b)
+        native = native_like(call.module, call.device, b, label)
         dt = np.dtype(native.dtype)
         if dt.kind not in "iuf":
             raise TypeError(f"{label} must hold real numbers, got dtype {dt}")
-        if call.device is not None and kind != "numpy":
-            if call.module.device_id(native) != call.device:
-                raise ValueError(
-                    f"{label} is on device {call.module.device_id(native)} but input is on "
-                    f"device {call.device}"
-                )
         host_items.append(native)
     _args.check_box_shapes([tuple(b.shape) for b in host_items], is_list)
 
@@ -258,7 +279,3 @@ def prepare_boxes(call: Call, boxes, batch: int, check: bool):
     rois = np.ascontiguousarray(rois, dtype=call.dtype)
     return call.from_host(rois)
 
-
-def loaded_gpu_libraries() -> list[str]:
-    """Which GPU libraries this process has imported (for tests of lazy imports)."""
-    return [m for m in ("cupy", "numba.cuda") if m in sys.modules]

@@ -150,20 +150,8 @@ class _Engine:
 
     def __init__(self, image, backend, channel_axis, preserve_range, name="image"):
         kind = _dispatch.array_kind(image)
-        if backend is not None:
-            _dispatch.check_backend_name(backend)
-        self.name = _dispatch.DEFAULT_BACKEND[kind] if backend is None else backend
+        self.name = _dispatch.select_backend(backend, kind, name, image)
         on_gpu = _dispatch.BACKENDS[self.name][1]
-        if on_gpu and kind == "numpy":
-            raise TypeError(
-                f"backend {self.name!r} runs on GPU arrays, but {name} is "
-                f"{_dispatch._type_name(image)}; move it to the GPU first (e.g. cupy.asarray)"
-            )
-        if not on_gpu and kind != "numpy":
-            raise TypeError(
-                f"backend {self.name!r} runs on host arrays, but {name} is "
-                f"{_dispatch._type_name(image)}; copy it to the host first (e.g. cupy.asnumpy)"
-            )
         self.kind = kind
         self.is_reference = self.name == "reference"
         if self.is_reference:
@@ -234,36 +222,11 @@ class _Engine:
 
     def upload(self, host):
         """A host array (a table, a weight) on the image's device, in the backend's type."""
-        host = np.ascontiguousarray(host)
-        if self.is_reference or self.device is None:
-            return host
-        with self.module.use_device(self.device):
-            if self.name == "cupy":
-                import cupy
-
-                return cupy.asarray(host)
-            from numba import cuda
-
-            return cuda.to_device(host)
+        return _dispatch.upload(self.name, self.module, self.device, np.ascontiguousarray(host))
 
     def native(self, obj, name):
         """Another array of the call (flow, boxes): same kind as the image, as a native array."""
-        kind = _dispatch.array_kind(obj)
-        if (kind == "numpy") != (self.device is None):
-            raise TypeError(
-                f"{name} is {_dispatch._type_name(obj)} but the image is "
-                f"{'a host array' if self.device is None else 'a GPU array'}; "
-                f"{name} must live where the image lives"
-            )
-        if self.is_reference or kind == "numpy":
-            return np.asarray(obj)
-        native = self.module.as_native(obj)
-        if self.module.device_id(native) != self.device:
-            raise ValueError(
-                f"{name} is on device {self.module.device_id(native)} but the image is on "
-                f"device {self.device}"
-            )
-        return native
+        return _dispatch.native_like(self.module, self.device, obj, name, owner="the image")
 
     def host(self, a) -> np.ndarray:
         return np.asarray(a) if self.device is None else np.asarray(self.module.to_host(a))

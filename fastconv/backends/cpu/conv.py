@@ -849,10 +849,18 @@ def _choose_cb(Cg: int, row_bytes: int, nrows: int) -> int:
     return -(-Cg // nblk)
 
 
-def _bias_or_zeros(bias, K, dtype):
-    if bias is None:
-        return np.zeros(K, dtype=dtype)
-    return bias
+def _output_and_bias(x, bias, K, out_hw):
+    """The output array and a bias vector (zeros when None), shared by both ops.
+
+    ``done`` is True when nothing is left to compute: an empty output, or no input
+    channels (the output is then the bias).
+    """
+    N, C = x.shape[:2]
+    out = np.empty((N, K, *out_hw), dtype=x.dtype)
+    b = np.zeros(K, dtype=x.dtype) if bias is None else bias
+    if out.size and C == 0:
+        out[...] = b.reshape(1, K, 1, 1)
+    return out, b, out.size == 0 or C == 0
 
 
 def _run_rows(x, weight, b, out, *, transposed, G, Cg, Kg, row_phases, col_phases, taps,
@@ -947,13 +955,8 @@ def conv2d(x, weight, bias, *, stride, padding, dilation, groups, out_hw):
     pH, pW = padding
     dH, dW = dilation
     dtype = x.dtype
-    out = np.empty((N, K, Ho, Wo), dtype=dtype)
-    if out.size == 0:
-        return out
-    x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
-    b = np.ascontiguousarray(_bias_or_zeros(bias, K, dtype))
-    if C == 0:  # no input channels: the output is the bias
-        out[...] = b.reshape(1, K, 1, 1)
+    out, b, done = _output_and_bias(x, bias, K, out_hw)
+    if done:
         return out
     if Cg == 1 and _USE_DEPTHWISE:
         return _depthwise(x, weight, b, out, stride, padding, dilation)
@@ -1051,13 +1054,8 @@ def conv_transpose2d(x, weight, bias, *, stride, padding, dilation, groups, out_
     pH, pW = padding
     dH, dW = dilation
     dtype = x.dtype
-    out = np.empty((N, K, Ho, Wo), dtype=dtype)
-    if out.size == 0:
-        return out
-    x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
-    b = np.ascontiguousarray(_bias_or_zeros(bias, K, dtype))
-    if C == 0:  # no input channels: the output is the bias
-        out[...] = b.reshape(1, K, 1, 1)
+    out, b, done = _output_and_bias(x, bias, K, out_hw)
+    if done:
         return out
     L = VEC_BYTES // dtype.itemsize
     rows = _transposed_taps(sH, pH, dH, kh, Ho)
