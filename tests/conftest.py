@@ -3,6 +3,12 @@
 GPU backends carry the ``gpu`` marker and skip cleanly when they cannot run
 (no CuPy / numba-cuda, or no GPU).  ``FASTCONV_TEST_EXAMPLES`` sets how many
 random configurations each op x dtype x backend test draws (default 200).
+
+``FASTCONV_TEST_BACKENDS`` (comma-separated, default ``cpu,cupy,numba_cuda``)
+sets the backends of the ``backend`` fixture.  ``cupy_emulated`` is the cupy
+backend's CUDA C kernels compiled for the CPU (``tests/cupy_emu``); a list
+without ``cpu`` runs only the tests that take the ``backend`` fixture (and
+``tests/cupy_emu``) -- ``tests/test_cupy_emulated.py`` runs the suite that way.
 """
 
 import os
@@ -15,6 +21,13 @@ from hypothesis import strategies as st
 from fastconv import _dispatch, _random_cases
 
 N_EXAMPLES = int(os.environ.get("FASTCONV_TEST_EXAMPLES", "200"))
+TEST_BACKENDS = os.environ.get("FASTCONV_TEST_BACKENDS", "cpu,cupy,numba_cuda").split(",")
+GPU_BACKENDS = ("cupy", "numba_cuda")
+
+if "cupy_emulated" in TEST_BACKENDS:
+    from cupy_emu import emulator
+
+    emulator.install()
 
 ORACLE_SETTINGS = settings(
     max_examples=N_EXAMPLES,
@@ -26,13 +39,13 @@ ORACLE_SETTINGS = settings(
 
 
 def _backend_param(name):
-    return name if name == "cpu" else pytest.param(name, marks=pytest.mark.gpu)
+    return pytest.param(name, marks=pytest.mark.gpu) if name in GPU_BACKENDS else name
 
 
-@pytest.fixture(params=[_backend_param(n) for n in ("cpu", "cupy", "numba_cuda")])
+@pytest.fixture(params=[_backend_param(n) for n in TEST_BACKENDS])
 def backend(request):
     name = request.param
-    if name != "cpu":
+    if name in GPU_BACKENDS:
         ok, why = _dispatch.backend_status(name)
         if not ok:
             pytest.skip(f"{name} backend unavailable: {why}")
@@ -42,6 +55,20 @@ def backend(request):
 @pytest.fixture(params=["float32", "float64"])
 def dtype(request):
     return np.dtype(request.param)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without ``cpu`` in ``FASTCONV_TEST_BACKENDS``, keep only the tests that use a backend."""
+    if "cpu" in TEST_BACKENDS:
+        return
+    keep, drop = [], []
+    for item in items:
+        in_emu_dir = item.nodeid.replace("\\", "/").startswith("tests/cupy_emu/")
+        wanted = in_emu_dir or "backend" in getattr(item, "fixturenames", ())
+        (keep if wanted else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 def _snapshot(arrays):

@@ -1,0 +1,198 @@
+"""Every CUDA C instantiation of the cupy backend, run by the CPU emulator against the oracle.
+
+The random cases of the main suite (run here with ``backend="cupy_emulated"``)
+use few channels, so they never reach the implicit-GEMM kernel or the wide
+channel blocks.  The cases below are chosen per kernel path (see the launchers'
+``_conv2d_config`` / ``_roi_config``) and the last test checks that, between
+them, every name expression the launchers may use has run -- in float16,
+float32 and float64.
+"""
+
+import numpy as np
+import pytest
+from conftest import N_EXAMPLES, ORACLE_SETTINGS, check_random_case
+from cupy_emu import emulator
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastconv
+from fastconv import _random_cases, image, reference
+from fastconv.backends.cupy import conv as cupy_conv
+
+BACKEND = emulator.NAME
+DTYPES = ["float16", "float32", "float64"]
+
+
+def _rand(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def _conv(n, c_in, c_out, k, groups=1, **kw):
+    """A conv2d case: ``k`` is (kH, kW)."""
+    def make(rng, dtype):
+        x = _rand(rng, (n, c_in, 9, 11), dtype)
+        w = _rand(rng, (c_out, c_in // groups, *k), dtype)
+        b = _rand(rng, (c_out,), dtype)
+        return "conv2d", dict(input=x, weight=w, bias=b), dict(groups=groups, **kw)
+    return make
+
+
+def _convt(c_in, c_out_per_group, k, groups=1, **kw):
+    def make(rng, dtype):
+        x = _rand(rng, (2, c_in, 5, 6), dtype)
+        w = _rand(rng, (c_in, c_out_per_group, *k), dtype)
+        b = _rand(rng, (c_out_per_group * groups,), dtype)
+        return "conv_transpose2d", dict(input=x, weight=w, bias=b), dict(groups=groups, **kw)
+    return make
+
+
+def _deform(c_in, c_out, groups=1):
+    def make(rng, dtype):
+        x = _rand(rng, (2, c_in, 7, 8), dtype)
+        offset = (rng.standard_normal((2, 18, 7, 8)) * 1.5).astype(dtype)
+        mask = rng.uniform(0, 1, (2, 9, 7, 8)).astype(dtype)
+        w = _rand(rng, (c_out, c_in // groups, 3, 3), dtype)
+        arrays = dict(input=x, offset=offset, weight=w, bias=None, mask=mask)
+        return "deform_conv2d", arrays, dict(padding=1)
+    return make
+
+
+def _roi(op, channels, **kw):
+    def make(rng, dtype):
+        x = _rand(rng, (2, channels, 12, 10), dtype)
+        xy = rng.uniform(-4, 40, (9, 2))
+        wh = rng.uniform(0, 30, (9, 2))
+        boxes = np.concatenate([rng.integers(0, 2, (9, 1)), xy, xy + wh], axis=1).astype(dtype)
+        return op, dict(input=x, boxes=boxes), dict(output_size=(3, 4), spatial_scale=0.25, **kw)
+    return make
+
+
+# (label, case maker): each hits the kernel named in the label
+PATHS = [
+    ("conv2d_gemm 3x3, 2 tiles of output channels", _conv(2, 6, 70, (3, 3), groups=2, padding=1)),
+    ("conv2d_gemm 1x1, strided", _conv(1, 5, 40, (1, 1), stride=2)),
+    ("conv2d_gemm 2x3 dilated (any size)", _conv(2, 4, 33, (2, 3), dilation=(2, 1), padding=1)),
+    ("conv2d_direct KB=1", _conv(2, 4, 2, (3, 3), groups=2, padding=1)),
+    ("conv2d_direct KB=2", _conv(1, 3, 2, (2, 2), stride=(1, 2))),
+    ("conv2d_direct KB=4", _conv(2, 6, 6, (3, 2), groups=2, dilation=2)),
+    ("conv2d_direct KB=8", _conv(1, 4, 7, (3, 3), padding="same")),
+    ("conv2d_direct KB=16 (two chunks)", _conv(1, 6, 40, (1, 3), groups=2, padding=(0, 1))),
+    ("conv2d_depthwise_tiled 3x3 (x2 multiplier)", _conv(2, 3, 6, (3, 3), groups=3, padding=1)),
+    ("conv2d_depthwise_tiled 5x5 strided", _conv(1, 4, 4, (5, 5), groups=4, padding=2, stride=2)),
+    ("conv2d_depthwise_tiled 2x4 (any size)", _conv(1, 2, 2, (2, 4), groups=2, dilation=(1, 2))),
+    ("conv2d_depthwise_direct (tile too large)",
+     _conv(1, 2, 2, (3, 3), groups=2, padding=60, dilation=60)),
+    ("conv_transpose2d_direct KB=1", _convt(4, 1, (3, 3), groups=2, stride=2, padding=1)),
+    ("conv_transpose2d_direct KB=2", _convt(3, 2, (4, 4), stride=2, padding=1)),
+    ("conv_transpose2d_direct KB=4", _convt(2, 3, (3, 2), stride=(3, 2), dilation=(2, 3))),
+    ("conv_transpose2d_direct KB=8", _convt(2, 6, (2, 2), stride=2, output_padding=1)),
+    ("conv_transpose2d_direct KB=16", _convt(4, 12, (16, 16), groups=2, stride=8, padding=4)),
+    ("deform_im2col + conv2d_gemm 1x1", _deform(4, 36)),
+    ("deform_im2col + conv2d_direct 1x1", _deform(4, 6, groups=2)),
+    ("roi_align CB=1", _roi("roi_align", 3, sampling_ratio=2, aligned=True)),
+    ("roi_align CB=4", _roi("roi_align", 5, sampling_ratio=-1, aligned=False)),
+    ("roi_align CB=8", _roi("roi_align", 9, sampling_ratio=1, aligned=True)),
+    ("roi_pool CB=1", _roi("roi_pool", 2)),
+    ("roi_pool CB=4", _roi("roi_pool", 4)),
+    ("roi_pool CB=8", _roi("roi_pool", 11)),
+]
+
+
+def _image_paths(dtype):
+    """The resample kernels: nearest (gather), bilinear (lerp), separable filter (h, w)."""
+    rng = np.random.default_rng(3)
+    x = _rand(rng, (2, 3, 7, 9), dtype)
+    img = rng.random((12, 10, 3)).astype(dtype)
+    yield "upsample nearest", lambda b: fastconv.upsample(x, scale_factor=2.5, backend=b)
+    yield "upsample bilinear", lambda b: fastconv.upsample(
+        x, size=(11, 5), mode="bilinear", align_corners=False, backend=b)
+    yield "pyramid_reduce", lambda b: image.pyramid_reduce(img, channel_axis=-1, backend=b)
+    yield "correlate dilated", lambda b: image.correlate(
+        img, np.ones((2, 3)), 3, mode="wrap", channel_axis=-1, backend=b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_instantiation_matches_oracle(dtype):
+    dtype = np.dtype(dtype)
+    tol = _random_cases.TOLERANCE[dtype]
+    rng = np.random.default_rng(0)
+    before = dict(emulator.LAUNCHED)
+    for label, make in PATHS:
+        op, arrays, params = make(rng, dtype)
+        out = getattr(fastconv, op)(**arrays, **params, backend=BACKEND)
+        ref = getattr(reference, op)(**arrays, **params)
+        assert out.dtype == dtype and out.shape == ref.shape, label
+        err = _random_cases.relative_error(out, ref)
+        assert err <= tol, f"{label} ({dtype}): relative error {err:.3g} > {tol:g}"
+    if dtype != np.float16:  # the image functions compute in float32/float64
+        for label, run in _image_paths(dtype):
+            out, ref = run(BACKEND), run("reference")
+            outs, refs = (out, ref) if isinstance(out, list) else ([out], [ref])
+            for a, b in zip(outs, refs, strict=True):
+                err = _random_cases.relative_error(a, b.astype(np.float64))
+                assert err <= tol, f"{label} ({dtype}): relative error {err:.3g} > {tol:g}"
+
+    ran = {name for name, count in emulator.LAUNCHED.items() if count > before.get(name, 0)}
+    wanted = {name for name in emulator.all_names() if f"<{_CTYPE[dtype]}" in name}
+    if dtype == np.float16:  # the image kernels are never asked for float16 data
+        wanted = {name for name in wanted if "resample_" not in name}
+    assert not wanted - ran, f"never launched: {sorted(wanted - ran)}"
+
+
+_CTYPE = {np.dtype("float16"): "__half", np.dtype("float32"): "float",
+          np.dtype("float64"): "double"}
+
+
+@pytest.mark.parametrize("op", _random_cases.OPS)
+@settings(ORACLE_SETTINGS, max_examples=max(1, N_EXAMPLES // 2))
+@given(data=st.data())
+def test_float16_random_cases(op, data):
+    """The main suite's random cases in float16 (the cupy backend's third dtype)."""
+    check_random_case(op, BACKEND, np.dtype(np.float16), data)
+
+
+@pytest.fixture
+def gemm_everywhere():
+    """Force the implicit-GEMM kernel for every conv2d with more than one channel per group."""
+    old = cupy_conv.GEMM_MIN_KG
+    cupy_conv.GEMM_MIN_KG = 1
+    cupy_conv._conv2d_config.cache_clear()
+    yield
+    cupy_conv.GEMM_MIN_KG = old
+    cupy_conv._conv2d_config.cache_clear()
+
+
+@pytest.mark.parametrize("op", ["conv2d", "deform_conv2d"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@settings(ORACLE_SETTINGS, max_examples=max(1, N_EXAMPLES // 2))
+@given(data=st.data())
+def test_random_cases_through_the_gemm_kernel(gemm_everywhere, op, dtype, data):
+    """The random configurations (odd sizes, strides, groups) on the implicit-GEMM path."""
+    check_random_case(op, BACKEND, np.dtype(dtype), data)
+
+
+# ----------------------------------------------------------------------------- the emulator
+
+
+def test_python_scalars_are_refused():
+    """CuPy would pass a Python int as a 64-bit integer to an ``int`` parameter: never allowed."""
+    k = emulator.kernel("fc::roi_pool<float, 1>")
+    x = np.zeros((1, 1, 2, 2), np.float32)
+    rois = np.zeros((1, 5), np.float32)
+    out = np.zeros((1, 1, 1, 1), np.float32)
+    with pytest.raises(TypeError, match="numpy scalar"):
+        k((1,), (32,), (x, rois, out, 1, np.int32(1), np.int32(2), np.int32(2), np.int32(1),
+                        np.int32(1), np.float32(1)))
+
+
+def test_argument_types_are_checked_against_the_kernel():
+    k = emulator.kernel("fc::roi_pool<float, 1>")
+    x = np.zeros((1, 1, 2, 2), np.float32)
+    rois = np.zeros((1, 5), np.float64)  # double boxes for a float kernel
+    out = np.zeros((1, 1, 1, 1), np.float32)
+    args = (x, rois, out, *(np.int32(v) for v in (1, 1, 2, 2, 1, 1)), np.float32(1))
+    with pytest.raises(RuntimeError, match=r"kernel parameters are \(f4\*,f4\*"):
+        k((1,), (32,), args)
+    args = (x, rois.astype(np.float32), out, *args[3:-1], np.float64(1))  # double scale
+    with pytest.raises(RuntimeError, match="kernel parameters"):
+        k((1,), (32,), args)
