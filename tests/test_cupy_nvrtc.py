@@ -9,8 +9,6 @@ must come out with a lowered (mangled) name.
 
 from __future__ import annotations
 
-import glob
-import os
 import subprocess
 import sys
 
@@ -18,86 +16,22 @@ import pytest
 
 nvrtc = pytest.importorskip("cuda.bindings.nvrtc", reason="cuda-bindings (NVRTC) not installed")
 
-from fastconv.backends.cupy import _module  # noqa: E402  (must not import cupy)
+from fastconv.backends.cupy import _module, _nvrtc  # noqa: E402  (must not import cupy)
 
-ARCHS = ("sm_80", "sm_90")
-
-
-def _cuda_include_dir() -> str | None:
-    """The directory holding ``cuda_fp16.h``: NVIDIA's wheels (via cuda.pathfinder) or a toolkit."""
-    try:
-        from cuda.pathfinder import locate_nvidia_header_directory
-
-        located = locate_nvidia_header_directory("cudart")
-        path = getattr(located, "abs_path", located)
-        if path and os.path.exists(os.path.join(path, "cuda_fp16.h")):
-            return path
-    except Exception:  # noqa: BLE001 - older pathfinder, or nothing found
-        pass
-    candidates = []
-    for site in sys.path:
-        candidates += glob.glob(os.path.join(site, "nvidia", "cu*", "include"))
-        candidates += glob.glob(os.path.join(site, "nvidia", "cuda_runtime", "include"))
-    for env in ("CUDA_PATH", "CUDA_HOME"):
-        if os.environ.get(env):
-            candidates.append(os.path.join(os.environ[env], "include"))
-    candidates.append("/usr/local/cuda/include")
-    for path in candidates:
-        if os.path.exists(os.path.join(path, "cuda_fp16.h")):
-            return path
-    return None
-
-
-def _check(result, what):
-    """cuda.bindings returns ``(err,)`` or ``(err, value)``: assert success, return the value."""
-    err, *rest = result
-    assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS, f"{what}: {err}"
-    return rest[0] if rest else None
-
-
-def _log(prog) -> str:
-    size = _check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
-    buf = b" " * size
-    _check(nvrtc.nvrtcGetProgramLog(prog, buf), "nvrtcGetProgramLog")
-    return buf.rstrip(b"\x00").decode(errors="replace").strip()
+ARCHS = _nvrtc.ARCHS
 
 
 def compile_file(file: str, arch: str, names, include_dir: str):
-    """Compile ``file`` for ``arch`` with ``names`` instantiated; return (lowered names, log)."""
-    src = _module.source(file).encode()
-    prog = _check(nvrtc.nvrtcCreateProgram(src, file.encode(), 0, [], []), "nvrtcCreateProgram")
+    """``_nvrtc.compile_file`` with a test failure (and the log) instead of ``NvrtcError``."""
     try:
-        for name in names:
-            _check(nvrtc.nvrtcAddNameExpression(prog, name.encode()), f"add {name}")
-        options = [
-            *_module.OPTIONS,
-            f"--gpu-architecture={arch}",
-            # what CuPy adds for every RawModule
-            "-ftz=true",
-            "--device-as-default-execution-space",
-            f"-I{include_dir}",
-            # any warning is an error
-            "-Werror",
-            "all-warnings",
-        ]
-        opts = [o.encode() for o in options]
-        err = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)[0]
-        log = _log(prog)
-        assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS, (
-            f"NVRTC failed on {file} for {arch} ({err}):\n{log}"
-        )
-        lowered = {}
-        for name in names:
-            low = _check(nvrtc.nvrtcGetLoweredName(prog, name.encode()), f"lowered {name}")
-            lowered[name] = low.decode() if isinstance(low, bytes) else str(low)
-        return lowered, log
-    finally:
-        nvrtc.nvrtcDestroyProgram(prog)
+        return _nvrtc.compile_file(file, arch, names, include_dir)
+    except _nvrtc.NvrtcError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="module")
 def include_dir():
-    path = _cuda_include_dir()
+    path = _nvrtc.cuda_include_dir()
     if path is None:
         pytest.fail(
             "cuda_fp16.h not found: install the test extras (numba-cuda[cu13] brings "
@@ -106,17 +40,65 @@ def include_dir():
     return path
 
 
+_BUILDS: dict = {}
+
+
+def build(file: str, arch: str, include_dir: str):
+    """``(lowered names, log)`` of ``file`` with every instantiation, ptxas report included."""
+    key = (file, arch)
+    if key not in _BUILDS:
+        names = _nvrtc.kernel_files()[file]
+        try:
+            _BUILDS[key] = _nvrtc.compile_file(file, arch, names, include_dir,
+                                               _nvrtc.PTXAS_VERBOSE)
+        except _nvrtc.NvrtcError as exc:
+            pytest.fail(str(exc))
+    return _BUILDS[key]
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("file", _module.FILES)
 def test_compiles(file, arch, include_dir):
     names = _module.all_name_expressions()[file]
     assert names, f"no kernels registered for {file}"
-    lowered, log = compile_file(file, arch, names, include_dir)
+    lowered, log = build(file, arch, include_dir)
     assert "warning" not in log.lower(), f"NVRTC warnings for {file} ({arch}):\n{log}"
     assert set(lowered) == set(names)
     for name, low in lowered.items():
         assert low.startswith("_Z"), f"{name} lowered to {low!r}"
     assert len(set(lowered.values())) == len(names), "two name expressions share a kernel"
+
+
+def _may_spill(name: str) -> bool:
+    """Kernels with a known, recorded spill (``bench/results/*-nvrtc-resources.json``).
+
+    ``conv2d_direct`` (grouped convolutions; grouped_resnext runs ``<float, 8>``)
+    and ``conv_transpose2d_direct`` with fewer than 16 output channels per thread
+    spill 4-84 bytes at 40-80 registers -- not a register shortage, and the same
+    code with 32-bit index divisions still spills; ``roi_align<double, 8>`` spills
+    40 bytes on sm_90.  Whether any of it costs time needs a GPU profile.  All the
+    other kernels -- GEMM, depthwise, deformable, RoI, resampling, and the
+    16-channel transposed kernel of transposed_fcn/_decoder -- must stay spill-free.
+    """
+    base, _, params = name.partition("<")
+    if base == "fc::conv2d_direct":
+        return True
+    if base == "fc::conv_transpose2d_direct":
+        return int(params.rstrip(">").split(", ")[1]) < 16
+    return name == "fc::roi_align<double, 8>"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("file", _nvrtc.kernel_files())
+def test_resource_usage(file, arch, include_dir):
+    """ptxas' report: every kernel launches with 256 threads; the hot ones never spill."""
+    usage = _nvrtc.resource_usage(*build(file, arch, include_dir))
+    for name, u in usage.items():
+        # 256 threads x registers must fit the 64K-register file of one SM
+        assert u["registers"] * 256 <= 65536, (name, arch, u)
+        assert u["static_smem_bytes"] <= 48 * 1024, (name, arch, u)
+        if not _may_spill(name):
+            assert u["spill_store_bytes"] == 0 and u["spill_load_bytes"] == 0, (name, arch, u)
 
 
 def test_every_launcher_kernel_is_registered():

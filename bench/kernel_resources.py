@@ -1,0 +1,121 @@
+"""ptxas' resource report for the cupy backend's kernels, per benchmark case -- no GPU needed.
+
+NVRTC (``cuda-bindings``) compiles every instantiation for sm_80 and sm_90 with
+``--ptxas-options=-v`` (``fastconv.backends.cupy._nvrtc``).  Which kernels each
+full-size case of BENCHMARKS.md launches, with which grid and dynamic shared
+memory, comes from the cupy launchers themselves: they run on host arrays as
+the emulator's ``"cupy_emulated"`` backend (``tests/cupy_emu``) with launching
+replaced by recording (a dry run: nothing executes).
+
+Occupancy is the upper bound the resources allow (256-thread blocks): blocks
+per SM limited by registers (65536 per SM, allocated per warp in units of 256),
+shared memory (sm_80: 164 KiB per SM, sm_90: 228 KiB; 1 KiB reserved per block)
+and 2048 threads per SM.
+
+    python bench/kernel_resources.py --json bench/results/<date>-nvrtc-resources.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+SMEM_PER_SM = {"sm_80": 164 * 1024, "sm_90": 228 * 1024}
+REGS_PER_SM, THREADS_PER_SM, BLOCK = 65536, 2048, 256
+
+
+def planned_launches() -> dict[str, list[dict]]:
+    """``{case: [{"kernel", "grid", "dynamic_smem_bytes"}]}`` for the full-size cases."""
+    from cupy_emu import emulator
+
+    from fastconv import _cases
+    from fastconv.backends.cupy import _module
+
+    emulator.install()
+    _module.max_blocks = lambda: 64 * 132  # an H100 SXM: 132 SMs
+    recorded: list = []
+    _module.run = lambda launches: recorded.extend(launches)
+    plans = {}
+    for case in _cases.select("all"):
+        recorded.clear()
+        case.inputs("full").call_fastconv(backend=emulator.NAME)
+        plans[case.name] = [{"kernel": name, "grid": int(grid), "dynamic_smem_bytes": int(smem)}
+                            for name, grid, _block, smem, _args in recorded]
+    return plans
+
+
+def usage_by_arch() -> dict[str, dict[str, dict]]:
+    from fastconv.backends.cupy import _nvrtc
+
+    include = _nvrtc.cuda_include_dir()
+    if include is None:
+        raise SystemExit("cuda_fp16.h not found: pip install 'numba-cuda[cu13]' cuda-bindings")
+    out = {}
+    for arch in _nvrtc.ARCHS:
+        out[arch] = {}
+        for file, names in _nvrtc.kernel_files().items():
+            lowered, log = _nvrtc.compile_file(file, arch, names, include, _nvrtc.PTXAS_VERBOSE)
+            out[arch].update(_nvrtc.resource_usage(lowered, log))
+    return out
+
+
+def blocks_per_sm(arch: str, usage: dict, dynamic_smem: int) -> int:
+    regs_per_warp = -(-usage["registers"] * 32 // 256) * 256
+    by_regs = REGS_PER_SM // (regs_per_warp * (BLOCK // 32))
+    smem = usage["static_smem_bytes"] + dynamic_smem + 1024
+    by_smem = SMEM_PER_SM[arch] // smem
+    return int(min(by_regs, by_smem, THREADS_PER_SM // BLOCK))
+
+
+def markdown(plans, usage) -> str:
+    lines = ["| case | kernel | arch | registers | smem (static + dynamic) | spills (st/ld) "
+             "| blocks/SM (x256 threads) |", "|---|---|---|---|---|---|---|"]
+    for case, launches in plans.items():
+        seen = set()
+        for launch in launches:
+            name = launch["kernel"]
+            if name in seen:
+                continue
+            seen.add(name)
+            for arch in usage:
+                u = usage[arch][name]
+                smem = f'{u["static_smem_bytes"]} + {launch["dynamic_smem_bytes"]}'
+                spills = f'{u["spill_store_bytes"]}/{u["spill_load_bytes"]}'
+                blocks = blocks_per_sm(arch, u, launch["dynamic_smem_bytes"])
+                lines.append(f"| {case} | `{name}` | {arch} | {u['registers']} | {smem} | "
+                             f"{spills} | {blocks} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, help="write the report here")
+    args = parser.parse_args(argv)
+    from cuda.bindings import nvrtc
+
+    plans = planned_launches()
+    usage = usage_by_arch()
+    _, major, minor = nvrtc.nvrtcVersion()
+    report = {
+        "date": datetime.date.today().isoformat(),
+        "what": "ptxas resource report (NVRTC --ptxas-options=-v) of every cupy-backend kernel, "
+                "and the launches each full-size benchmark case plans (no GPU used)",
+        "nvrtc": f"{major}.{minor}",
+        "archs": list(usage),
+        "cases": plans,
+        "kernels": usage,
+    }
+    print(markdown(plans, usage))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+        print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
