@@ -12,6 +12,7 @@ between a shared-memory write and another thread's read is a data race there
 (the counterpart of ``--tool racecheck``).
 """
 
+import functools
 import os
 import subprocess
 import sys
@@ -34,6 +35,7 @@ pytestmark = [
 ]
 
 
+@functools.cache
 def _runtime(name: str) -> str | None:
     """The path of a sanitizer's shared run time (``libasan.so``, ``libtsan.so``), if any."""
     if CXX is None:

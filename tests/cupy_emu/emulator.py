@@ -46,7 +46,7 @@ import numpy as np
 from fastconv import _dispatch
 from fastconv.backends import _host
 from fastconv.backends import cupy as cupy_backend
-from fastconv.backends.cupy import _module
+from fastconv.backends.cupy import _module, _nvrtc
 from fastconv.backends.cupy import resample as cupy_resample
 
 HERE = Path(__file__).resolve().parent
@@ -90,13 +90,6 @@ def compiler() -> str | None:
     return cxx
 
 
-def _files() -> dict[str, tuple[str, ...]]:
-    """``{.cu file: every name expression of every dtype}`` -- all the launchers may use."""
-    files = dict(_module.all_name_expressions())
-    files[cupy_resample.FILE] = cupy_resample.all_name_expressions()
-    return files
-
-
 def _glue(file: str, exprs: tuple[str, ...]) -> str:
     cases = "\n".join(
         f"    case {i}: return fcemu::launch(&{e}, codes, grid, block, smem, args);"
@@ -137,7 +130,7 @@ def _flags(sanitize: str | None) -> list[str]:
 def build(cxx: str = "g++") -> Path:
     """Compile the kernels and the emulator into one shared library (cached by content)."""
     sanitize = sanitizer()
-    files = _files()
+    files = _nvrtc.kernel_files()
     units = {f"{_symbol(f)}.cpp": _module.source(f) + _glue(f, e) for f, e in files.items()}
     runtime = (HERE / "cuda_emu_runtime.cpp").read_text()
     headers = "".join((HERE / h).read_text() for h in ("cuda_emu.h", "cuda_emu_launch.h"))
@@ -232,7 +225,7 @@ def kernel(name: str) -> EmulatedKernel:
     if k is None:
         if _lib is None:
             _lib = ctypes.CDLL(str(build(compiler() or "g++")))
-        for file, exprs in _files().items():
+        for file, exprs in _nvrtc.kernel_files().items():
             if name in exprs:
                 k = _kernels[name] = EmulatedKernel(_lib, file, exprs.index(name), name)
                 break
@@ -242,7 +235,7 @@ def kernel(name: str) -> EmulatedKernel:
 
 
 def all_names() -> set[str]:
-    return {e for exprs in _files().values() for e in exprs}
+    return {e for exprs in _nvrtc.kernel_files().values() for e in exprs}
 
 
 # ----------------------------------------------------------------------- the backend
@@ -282,7 +275,6 @@ def install() -> None:
     _module.cupy = lambda: fake
     _module._load = lambda device, name: kernel(name)
     _module.max_blocks = lambda: MAX_BLOCKS
-    cupy_resample._kernel = lambda name, ctype: kernel(name)
 
     backend = types.ModuleType("fastconv_cupy_emulated")
     for op in cupy_backend.__all__:

@@ -41,7 +41,12 @@ DIRECT_KB = (1, 2, 4, 8, 16)
 #: channels per thread of roi_align / roi_pool
 ROI_CB = (1, 4, 8)
 
+#: the resampling kernels of the image toolkit (``resample.py`` launches them)
+RESAMPLE_KERNELS = ("resample_gather", "resample_lerp", "resample_filter_h", "resample_filter_w")
+
+#: the five ops' kernel files, and every kernel file (with the image toolkit's)
 FILES = ("conv.cu", "deform.cu", "roi.cu")
+ALL_FILES = FILES + ("resample.cu",)
 
 #: NVRTC options given to CuPy (CuPy adds its own: the -arch for the device,
 #: -ftz=true, --device-as-default-execution-space and its include paths).
@@ -70,17 +75,19 @@ def name_expressions(file: str, ctype: str) -> tuple[str, ...]:
             *(expr("roi_align", ctype, cb) for cb in ROI_CB),
             *(expr("roi_pool", ctype, cb) for cb in ROI_CB),
         )
+    if file == "resample.cu":
+        return tuple(expr(k, ctype) for k in RESAMPLE_KERNELS)
     raise KeyError(file)
 
 
-def all_name_expressions() -> dict[str, tuple[str, ...]]:
+def all_name_expressions(files=FILES) -> dict[str, tuple[str, ...]]:
     """``{file: every name expression of every dtype}`` (what the NVRTC test compiles)."""
-    return {f: tuple(e for c in CTYPES.values() for e in name_expressions(f, c)) for f in FILES}
+    return {f: tuple(e for c in CTYPES.values() for e in name_expressions(f, c)) for f in files}
 
 
 #: name expression -> (file, ctype); the launchers may only ask for these
 _REGISTRY = {
-    e: (f, c) for f in FILES for c in CTYPES.values() for e in name_expressions(f, c)
+    e: (f, c) for f in ALL_FILES for c in CTYPES.values() for e in name_expressions(f, c)
 }
 
 _PRAGMA_ONCE = re.compile(r"^[ \t]*#[ \t]*pragma[ \t]+once[ \t]*$", re.MULTILINE)
@@ -196,7 +203,7 @@ def warm_up(dtypes=None) -> None:
     device = cupy().cuda.runtime.getDevice()
     for dtype in dtypes or CTYPES:
         ctype = CTYPES[np.dtype(dtype)]
-        for file in FILES:
+        for file in ALL_FILES:
             for name in name_expressions(file, ctype):
                 if (device, name) not in _kernels:
                     _load(device, name)

@@ -31,11 +31,7 @@ class NvrtcError(RuntimeError):
 
 def kernel_files() -> dict[str, tuple[str, ...]]:
     """``{.cu file: every name expression (all dtypes) the launchers may use}``."""
-    from . import resample
-
-    files = dict(_module.all_name_expressions())
-    files[resample.FILE] = resample.all_name_expressions()
-    return files
+    return _module.all_name_expressions(_module.ALL_FILES)
 
 
 def cuda_include_dir() -> str | None:

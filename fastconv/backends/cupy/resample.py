@@ -6,11 +6,10 @@ templates of ``kernels/resample.cu``; the array glue of :mod:`fastconv.image`
 (``to_planes``, ``from_planes``, ``subtract``, ``concat``, ``minmax``, ``clip``)
 is plain CuPy.
 
-``resample.cu`` is read with ``_module.source`` (``importlib.resources``, headers
-spliced in) and compiled into one ``cupy.RawModule`` per (device, dtype) with the
-name expressions of :func:`name_expressions` -- the list that
-``tests/test_resample_nvrtc.py`` compiles with NVRTC.  CuPy is imported on the
-first launch only.
+``resample.cu`` is registered with ``_module`` like the ops' files: one
+``cupy.RawModule`` per (device, dtype) with the name expressions of
+:func:`name_expressions` (the list ``tests/test_resample_nvrtc.py`` compiles with
+NVRTC), each kernel memoised there.  CuPy is imported on the first launch only.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from . import _module
 from ._module import CTYPES, expr
 
 FILE = "resample.cu"
-KERNELS = ("resample_gather", "resample_lerp", "resample_filter_h", "resample_filter_w")
+KERNELS = _module.RESAMPLE_KERNELS
 BLOCK = 256
 
 _I32 = np.int32
@@ -41,46 +40,11 @@ __all__ = [
 
 def name_expressions(ctype: str) -> tuple[str, ...]:
     """Every instantiation of ``resample.cu`` for storage type ``ctype``."""
-    return tuple(expr(k, ctype) for k in KERNELS)
+    return _module.name_expressions(FILE, ctype)
 
 
 def all_name_expressions() -> tuple[str, ...]:
-    return tuple(e for c in CTYPES.values() for e in name_expressions(c))
-
-
-# ----------------------------------------------------------------------- loading
-
-_modules: dict = {}  # (device, ctype) -> cupy.RawModule
-_kernels: dict = {}  # (device, name expression) -> kernel
-_extra_options: tuple = ()
-
-
-def _kernel(name: str, ctype: str):
-    global _extra_options
-    cp = _module.cupy()
-    device = cp.cuda.runtime.getDevice()
-    k = _kernels.get((device, name))
-    if k is not None:
-        return k
-    module = _modules.get((device, ctype))
-    if module is None:
-        module = cp.RawModule(
-            code=_module.source(FILE),
-            options=_module.OPTIONS + _extra_options,
-            name_expressions=name_expressions(ctype),
-        )
-        _modules[(device, ctype)] = module
-    try:
-        k = module.get_function(name)
-    except cp.cuda.compiler.CompileException as exc:
-        extra = _module._header_options()
-        if "cuda_fp16.h" not in str(exc) or not extra or _extra_options:
-            raise
-        _extra_options = extra  # no CUDA headers of CuPy's own: use the NVIDIA wheels' copy
-        del _modules[(device, ctype)]
-        return _kernel(name, ctype)
-    _kernels[(device, name)] = k
-    return k
+    return _module.all_name_expressions((FILE,))[FILE]
 
 
 def _acc(dtype, value):
@@ -91,7 +55,7 @@ def _acc(dtype, value):
 def _launch(kernel: str, dtype, total: int, args) -> None:
     ctype = CTYPES[np.dtype(dtype)]
     grid = max(1, min(-(-total // BLOCK), _module.max_blocks()))
-    _kernel(expr(kernel, ctype), ctype)((grid,), (BLOCK,), args)
+    _module.kernel(expr(kernel, ctype))((grid,), (BLOCK,), args)
 
 
 # ----------------------------------------------------------------------- plans (for tests)
