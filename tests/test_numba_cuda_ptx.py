@@ -71,3 +71,28 @@ def test_every_kernel_is_covered():
         mod = importlib.import_module(f"fastconv.backends.numba_cuda.{module}")
         covered = {k.py_func.__name__ for _, k, _ in mod.ptx_cases(np.float32)}
         assert defined and defined <= covered, f"{module}: no PTX check for {defined - covered}"
+
+
+def test_kernels_compile_where_numpy_has_no_row_stack():
+    """numpy 2.5 removed ``np.row_stack``; numba-cuda <= 0.30.4 refers to it when it builds
+    its target.  The backend lends the alias for that one import: a conv kernel compiles and
+    numpy is left without ``row_stack`` afterwards (own process: numpy's namespace is changed)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, scipy._lib._array_api\n"  # scipy lists numpy's names at import
+        "if hasattr(np, 'row_stack'): del np.row_stack\n"
+        "from numba import cuda\n"
+        "from fastconv.backends.numba_cuda import conv\n"
+        "name, kernel, argtypes = conv.ptx_cases(np.float32)[0]\n"
+        "ptx, _ = cuda.compile_ptx(kernel.py_func, argtypes, cc=(9, 0))\n"
+        "assert '.entry' in ptx\n"
+        "assert not hasattr(np, 'row_stack')\n"
+        "print('compiled', name)\n"
+    )
+    pytest.importorskip("scipy")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "compiled" in proc.stdout

@@ -16,6 +16,7 @@ This module imports ``numba.cuda``; it is only imported when the backend is used
 
 from __future__ import annotations
 
+import importlib
 import sys
 import warnings
 from dataclasses import dataclass, fields, replace
@@ -25,6 +26,29 @@ from numba import cuda
 from numba.cuda.core import config as _nb_config
 
 SIMULATOR = bool(_nb_config.ENABLE_CUDASIM)
+
+
+def _import_array_registry_on_numpy_2_5() -> None:
+    """Import numba-cuda's array-function registry where numpy has no ``np.row_stack``.
+
+    numba-cuda <= 0.30.4 registers an overload for ``np.row_stack`` when it first builds
+    its target context (at the first kernel compile), and numpy 2.5 removed that alias,
+    so every kernel compile fails with ``AttributeError: module 'numpy' has no attribute
+    'row_stack'`` (seen on an H100 image with numpy 2.5.2).  The alias is lent for the
+    one import of ``numba.cuda.np.arrayobj`` and taken back at once, so numpy is left as
+    it was; nothing is done where numpy still has it or the module is already imported.
+    """
+    module = "numba.cuda.np.arrayobj"
+    if SIMULATOR or hasattr(np, "row_stack") or module in sys.modules:
+        return
+    np.row_stack = np.vstack
+    try:
+        importlib.import_module(module)
+    finally:
+        del np.row_stack
+
+
+_import_array_registry_on_numpy_2_5()
 
 #: the largest grid size per dimension that is used (the kernels grid-stride beyond it)
 _HW_MAX_GRID = (2**31 - 1, 65535, 65535)
@@ -167,6 +191,8 @@ _configured: dict = {}
 def launch(kernel, grid, block, stream_key, stream, *args) -> None:
     """Launch ``kernel[grid, block, stream](*args)``, configuring it once per geometry."""
     if SIMULATOR:  # the simulator's kernel[...] mutates and returns the kernel itself
+        if any(a is None for a in args):  # the simulator passes None; a real GPU cannot
+            raise TypeError(f"{kernel}: None argument; pass an array (see absent())")
         kernel[grid, block, stream](*args)
         return
     key = (kernel, grid, block, stream_key)
@@ -218,6 +244,26 @@ def grid_3d(n_x: int, n_y: int, n_z: int):
 def empty(shape, dtype):
     """An uninitialised device array (also for zero-size outputs)."""
     return cuda.device_array(shape, dtype=dtype)
+
+
+_absent_cache: dict = {}
+
+
+def absent(array, dtype, ndim: int):
+    """``array``, or for ``None`` a zero-size device array standing in for it.
+
+    numba.cuda cannot pass ``None`` to a kernel on a real GPU (``NotImplementedError:
+    (none, None)`` at launch; the simulator accepts it), so an optional argument (bias,
+    mask) is always an array and the kernels test ``a.shape[0] != 0``: a uniform branch.
+    The stand-ins own no memory and are made once per (context, dtype, ndim).
+    """
+    if array is not None:
+        return array
+    key = (None if SIMULATOR else id(cuda.current_context()), np.dtype(dtype), ndim)
+    a = _absent_cache.get(key)
+    if a is None:
+        a = _absent_cache[key] = cuda.device_array((0,) * ndim, dtype=dtype)
+    return a
 
 
 def scalar(dtype, value):

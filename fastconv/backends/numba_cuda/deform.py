@@ -21,6 +21,7 @@ from numba import cuda
 from ._bilinear import functions as _bilinear_functions
 from ._gemm import functions as _gemm_functions
 from ._launch import (
+    absent,
     cdiv,
     choose_tiles,
     current_stream,
@@ -47,6 +48,7 @@ def deform_conv2d(
     if out.size == 0:
         return out
     T = x.dtype.type
+    mask, bias = absent(mask, x.dtype, 4), absent(bias, x.dtype, 1)
     args = (x, offset, mask, weight, bias, out, *stride, *padding, *dilation, groups)
     args += (offset_groups,)
     skey, stream = current_stream()
@@ -79,18 +81,12 @@ def _gemm_kernel(T, tiles):
 
 def ptx_cases(T):
     """``[(name, kernel, argtypes)]`` for every kernel of this module and float type ``T``."""
-    from numba import types
-
     _, i, a1, _, a4 = numba_arg_types(T)
-    dcn2 = (a4, a4, a4, a4, a1, a4) + (i,) * 8
-    dcn1 = (a4, a4, types.none, a4, types.none, a4) + (i,) * 8
-    cases = [
-        ("deform_conv2d_direct", _direct_kernel(T), dcn2),
-        ("deform_conv2d_direct/dcn1", _direct_kernel(T), dcn1),
-    ]
+    # DCNv1 (no mask) passes a zero-size mask: one signature covers both
+    dcn = (a4, a4, a4, a4, a1, a4) + (i,) * 8
+    cases = [("deform_conv2d_direct", _direct_kernel(T), dcn)]
     for tiles in (settings.tiles_wide, settings.tiles_narrow):
-        cases.append((f"deform_conv2d_gemm{tiles.BM}", _gemm_kernel(T, tiles), dcn2))
-    cases.append(("deform_conv2d_gemm/dcn1", _gemm_kernel(T, settings.tiles_wide), dcn1))
+        cases.append((f"deform_conv2d_gemm{tiles.BM}", _gemm_kernel(T, tiles), dcn))
     return cases
 
 
@@ -151,17 +147,17 @@ def _build_direct(T):
                                 py = by + offset[n, 2 * ch, yo, xo]
                                 px = bx + offset[n, 2 * ch + 1, yo, xo]
                                 yl, xl, yh, xh, w1, w2, w3, w4, msk = corners_zero_pad(py, px, H, W)
-                                if mask is not None:
+                                if mask.shape[0] != 0:
                                     mv = mask[n, ch, yo, xo]
                             val = gather(x, n, cbase + c, yl, xl, yh, xh, w1, w2, w3, w4, msk)
-                            if mask is not None:
+                            if mask.shape[0] != 0:
                                 val = mv * val
                             acc += w[k, c, i, j] * val
                             orem += 1
                             if orem == Cpg:
                                 orem = 0
                                 og += 1
-                if b is not None:
+                if b.shape[0] != 0:
                     acc += b[k]
                 out[n, k, yo, xo] = acc
 
@@ -282,10 +278,10 @@ def _build_gemm(T, tiles):
                                     yl, xl, yh, xh, w1, w2, w3, w4, msk = corners_zero_pad(
                                         py, px, H, W
                                     )
-                                    if mask is not None:
+                                    if mask.shape[0] != 0:
                                         mv = mask[n, ch, yb, xb]
                                 v = gather(x, n, cbase + c, yl, xl, yh, xh, w1, w2, w3, w4, msk)
-                                if mask is not None:
+                                if mask.shape[0] != 0:
                                     v = mv * v
                             Bs[krb + row, pc] = v
                             c += 1
@@ -320,7 +316,7 @@ def _build_gemm(T, tiles):
                                 m = m0 + ty + TYS * a
                                 if m < Kg:
                                     v = acc[a * TN + bb]
-                                    if b is not None:
+                                    if b.shape[0] != 0:
                                         v += b[kbase + m]
                                     out[n, kbase + m, yo, xo] = v
 
