@@ -181,3 +181,13 @@ def test_module_does_not_import_cupy():
         "assert 'cupy' not in sys.modules, 'cupy imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_warning_fails_the_build(monkeypatch):
+    """Warnings are errors (read from the log: NVRTC 13.0 has no ``-Werror`` option)."""
+    from fastconv.backends.cupy import _module
+
+    source = 'extern "C" __global__ void k(float* a) { int unused = 1; a[0] = 1.0f; }\n'
+    monkeypatch.setattr(_module, "source", lambda file: source)
+    with pytest.raises(_nvrtc.NvrtcError, match="warn"):
+        _nvrtc.compile_file("k.cu", "sm_90", [], _nvrtc.cuda_include_dir())

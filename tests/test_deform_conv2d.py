@@ -23,7 +23,7 @@ def test_zero_offsets_and_unit_mask_equal_conv2d(backend):
     x, w = rng.standard_normal((2, 4, 9, 7)), rng.standard_normal((6, 2, 3, 2))  # 2 weight groups
     off = np.zeros((2, 2 * 2 * 6, 5, 4))  # 2 offset groups, 3x2 kernel, stride 2, pad 1
     mask = np.ones((2, 2 * 6, 5, 4))
-    out = _call(backend, x, off, w, None, (2, 2), (1, 1), 1, mask)
+    out = _call(backend, x, off, w, stride=2, padding=1, mask=to_backend(mask, backend))
     ref = fastconv.conv2d(x, w, stride=2, padding=1, groups=2)
     np.testing.assert_allclose(out, ref, rtol=1e-10, atol=1e-10)
 
