@@ -24,6 +24,7 @@ import numpy as np
 
 import fastconv
 from fastconv import _dispatch, _random_cases, reference
+from fastconv.backends.cupy import conv as cupy_conv
 
 
 def configs(rng):
@@ -105,15 +106,25 @@ def main(argv=None) -> int:
             dtype = np.dtype(dt)
             tol = _random_cases.TOLERANCE[dtype]
             t0 = time.perf_counter()
-            for op, arrays, params in configs(np.random.default_rng(0)):
+            cases = configs(np.random.default_rng(0))
+            if backend == "cupy":  # the first GEMM case again, split-K forced (conv_sum_splits)
+                cases.append(cases[0] + ({"SPLIT_K": 3},))
+            for op, arrays, params, *settings in cases:
                 host = {k: None if v is None else np.asarray(v, dtype) for k, v in arrays.items()}
                 dev = {k: to_device(v, backend) for k, v in host.items()}
-                out = _random_cases.to_host(getattr(fastconv, op)(**dev, **params))
+                default_split = cupy_conv.SPLIT_K
+                for key, value in (settings[0] if settings else {}).items():
+                    setattr(cupy_conv, key, value)
+                try:
+                    out = _random_cases.to_host(getattr(fastconv, op)(**dev, **params))
+                finally:
+                    cupy_conv.SPLIT_K = default_split
                 ref = getattr(reference, op)(**host, **params)
                 err = _random_cases.relative_error(out, ref)
                 if err > tol:
                     failures += 1
-                    print(f"FAIL {backend} {dt} {op} {params}: relative error {err:.3g}")
+                    print(f"FAIL {backend} {dt} {op} {params} {settings}: "
+                          f"relative error {err:.3g}")
             print(f"{backend} {dt}: {len(configs(np.random.default_rng(0)))} calls "
                   f"in {time.perf_counter() - t0:.1f} s", flush=True)
 

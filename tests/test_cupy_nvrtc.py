@@ -121,7 +121,7 @@ def test_every_launcher_kernel_is_registered():
     assert _module.expr("roi_align", "float", 8) == "fc::roi_align<float, 8>"
 
 
-def test_plans_use_registered_kernels():
+def test_plans_use_registered_kernels(monkeypatch):
     """Every launch the planners produce names a registered kernel with typed scalar args."""
     import numpy as np
 
@@ -132,6 +132,8 @@ def test_plans_use_registered_kernels():
     class Arr:  # shape/dtype stand-in for a cupy array
         def __init__(self, shape, dtype):
             self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+
+        size = property(lambda self: int(np.prod(self.shape)))
 
         def reshape(self, *shape):
             return Arr(shape, self.dtype)
@@ -146,7 +148,7 @@ def test_plans_use_registered_kernels():
                                   (64, 256, 1, 2)]:
             x, w = Arr((2, cin, 9, 9), dt), Arr((cout, cin // g, k, k), dt)
             out = Arr((2, cout, 5, 5), dt)
-            launches += conv.plan_conv2d(x, w, None, out, (1, 2), (1, 0), (2, 1), g, 100)
+            launches += conv.plan_conv2d(x, w, None, out, (1, 2), (1, 0), (2, 1), g, 100, Arr)
             wt = Arr((cin, cout // g, k, k), dt)
             launches += conv.plan_conv_transpose2d(x, wt, w, out, (2, 3), (1, 0), (2, 1), g, 100)
         x = Arr((3, 4, 9, 9), dt)
@@ -154,7 +156,13 @@ def test_plans_use_registered_kernels():
         col = Arr((2, 4 * 9, 9, 9), dt)
         launches += deform.plan_deform_conv2d(
             x, Arr((3, 36, 9, 9), dt), Arr((6, 2, 3, 3), dt), None, None, out, col,
-            (1, 1), (1, 1), (1, 1), 2, 2, 100)
+            (1, 1), (1, 1), (1, 1), 2, 2, 100, Arr)
+        default_split = conv.SPLIT_K
+        monkeypatch.setattr(conv, "SPLIT_K", 3)  # split-K: conv2d_gemm, then conv_sum_splits
+        x, w = Arr((2, 64, 9, 9), dt), Arr((64, 64, 3, 3), dt)
+        launches += conv.plan_conv2d(x, w, w[:64], Arr((2, 64, 9, 9), dt), (1, 1), (1, 1),
+                                     (1, 1), 1, 100, Arr)
+        monkeypatch.setattr(conv, "SPLIT_K", default_split)
         for c in (1, 5, 16):
             x = Arr((2, c, 9, 9), dt)
             out = Arr((7, c, 3, 2), dt)
@@ -165,12 +173,12 @@ def test_plans_use_registered_kernels():
         assert name in registered, name
         assert 1 <= grid <= 100 and block == 256 and 0 <= smem <= 48 * 1024
         for a in args:
-            assert isinstance(a, (Arr, np.int32, np.float32, np.float64)), (name, type(a))
+            assert isinstance(a, (Arr, np.int32, np.int64, np.float32, np.float64)), (name, a)
         used.add(name.split("<")[0])
     assert used == {
         "fc::conv2d_gemm", "fc::conv2d_direct", "fc::conv2d_depthwise_tiled",
         "fc::conv2d_depthwise_direct", "fc::conv_transpose2d_direct", "fc::deform_im2col",
-        "fc::roi_align", "fc::roi_pool",
+        "fc::roi_align", "fc::roi_pool", "fc::conv_sum_splits",
     }
 
 

@@ -124,6 +124,15 @@ def test_every_instantiation_matches_oracle(dtype):
         assert out.dtype == dtype and out.shape == ref.shape, label
         err = _random_cases.relative_error(out, ref)
         assert err <= tol, f"{label} ({dtype}): relative error {err:.3g} > {tol:g}"
+    # split-K (conv_sum_splits): automatic on a GPU with few tiles; forced here (3 blocks)
+    op, arrays, params = _conv(2, 20, 70, (3, 3), padding=1)(rng, dtype)
+    old, cupy_conv.SPLIT_K = cupy_conv.SPLIT_K, 3
+    try:
+        out = fastconv.conv2d(**arrays, **params, backend=BACKEND)
+    finally:
+        cupy_conv.SPLIT_K = old
+    err = _random_cases.relative_error(out, reference.conv2d(**arrays, **params))
+    assert err <= tol, f"conv2d_gemm split 3 ways ({dtype}): relative error {err:.3g}"
     if dtype != np.float16:  # the image functions compute in float32/float64
         for label, run in _image_paths(dtype):
             out, ref = run(BACKEND), run("reference")
@@ -169,6 +178,32 @@ def gemm_everywhere():
 def test_random_cases_through_the_gemm_kernel(gemm_everywhere, op, dtype, data):
     """The random configurations (odd sizes, strides, groups) on the implicit-GEMM path."""
     check_random_case(op, BACKEND, np.dtype(dtype), data)
+
+
+@pytest.mark.parametrize("splits", [2, 5])
+@pytest.mark.parametrize("op", ["conv2d", "deform_conv2d"])
+@settings(ORACLE_SETTINGS, max_examples=max(1, N_EXAMPLES // 2))
+@given(data=st.data())
+def test_random_cases_through_split_k(gemm_everywhere, monkeypatch, splits, op, data):
+    """The same through split-K: partial sums of reduction slices, then conv_sum_splits
+    (slices of 16 rows, so most small cases get fewer slices than asked for, some one)."""
+    monkeypatch.setattr(cupy_conv, "SPLIT_K", splits)
+    check_random_case(op, BACKEND, np.dtype("float32"), data)
+
+
+@pytest.mark.parametrize(("tiles", "r", "sms", "expected"), [
+    (128, 2304, 132, (2, 1152)),   # dilated_aspp on an H100: 256 blocks in one wave
+    (128, 576, 132, (2, 288)),     # dilated_small
+    (64, 2304, 132, (4, 576)),
+    (200, 2304, 132, (1, 2304)),   # enough tiles already
+    (128, 200, 132, (1, 200)),     # too short a reduction to split
+    (3, 100, 0, (1, 100)),         # no SM count known (the emulator): never automatic
+])
+def test_split_k_choice(tiles, r, sms, expected):
+    splits, r_slice = cupy_conv.split_k(tiles, r, sms)
+    assert (splits, r_slice) == expected
+    assert r_slice % 16 == 0 or splits == 1
+    assert (splits - 1) * r_slice < r <= splits * r_slice
 
 
 # ----------------------------------------------------------------------------- the emulator

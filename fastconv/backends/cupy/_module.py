@@ -63,6 +63,7 @@ def name_expressions(file: str, ctype: str) -> tuple[str, ...]:
     if file == "conv.cu":
         return (
             *(expr("conv2d_gemm", ctype, k) for k in GEMM_KSZ),
+            expr("conv_sum_splits", ctype),
             *(expr("conv2d_direct", ctype, kb) for kb in DIRECT_KB),
             *(expr("conv2d_depthwise_tiled", ctype, k) for k in DEPTHWISE_KSZ),
             expr("conv2d_depthwise_direct", ctype),

@@ -11,7 +11,10 @@ Kernel choice for ``conv2d`` (per group: ``Cg = C_in/groups`` input and
 
 * ``Cg == 1`` (depthwise, any channel multiplier): ``conv2d_depthwise_tiled``
   when its input tile fits in shared memory, else ``conv2d_depthwise_direct``;
-* ``Kg >= GEMM_MIN_KG``: the implicit-GEMM kernel ``conv2d_gemm``;
+* ``Kg >= GEMM_MIN_KG``: the implicit-GEMM kernel ``conv2d_gemm``; with
+  :data:`SPLIT_K` set to None, when its 64x128 tiles would leave the GPU short of
+  work (fewer than ``GEMM_BLOCKS_PER_SM`` blocks per SM) and the reduction is long,
+  the reduction is split (split-K) and ``conv_sum_splits`` adds the partial sums;
 * otherwise (grouped convolutions with few channels per group):
   ``conv2d_direct`` with ``KB`` output channels per thread.
 """
@@ -28,6 +31,14 @@ from ._module import CTYPES, expr
 
 #: output channels per group from which conv2d uses the implicit-GEMM kernel
 GEMM_MIN_KG = 32
+#: resident 256-thread conv2d_gemm blocks per SM (121-128 registers: 2 fit in 64K registers)
+GEMM_BLOCKS_PER_SM = 2
+#: the shortest reduction slice of a split-K launch (8 slices of 16 rows)
+SPLIT_MIN_R = 128
+#: split-K: None chooses where it fills the GPU (:func:`split_k`), an int forces that many
+#: slices.  Off (1) by default until a GPU run of ``bench/ab_split_k.py`` shows that the
+#: automatic choice pays (ncu on an H100: dilated_aspp ran 128 blocks, 12.5 % warps active)
+SPLIT_K: int | None = 1
 #: dynamic shared memory a launch may use (the default per-block limit)
 SMEM_BUDGET = 48 * 1024
 BLOCK = 256
@@ -56,13 +67,59 @@ def _grid(items: int, max_blocks: int) -> int:
     return max(1, min(items, max_blocks))
 
 
-def plan_conv2d(x, weight, bias, out, stride, padding, dilation, groups, max_blocks):
-    """Launches ``[(name, grid, block, shared_mem, args)]`` for ``out = conv2d(x, weight)``."""
-    name, grid, smem, scalars = _conv2d_config(
+def plan_conv2d(x, weight, bias, out, stride, padding, dilation, groups, max_blocks,
+                empty=None):
+    """Launches ``[(name, grid, block, shared_mem, args)]`` for ``out = conv2d(x, weight)``.
+
+    ``empty(shape, dtype)`` allocates the split-K workspace; without it the
+    implicit GEMM is not split.
+    """
+    name, grid, smem, scalars, splits = _conv2d_config(
         x.shape, weight.shape, bias is not None, out.shape, stride, padding, dilation, groups,
-        x.dtype.char, max_blocks,
+        x.dtype.char, max_blocks, SPLIT_K if empty is not None else 1,
     )
-    return [(name, grid, BLOCK, smem, (x, weight, weight if bias is None else bias, out) + scalars)]
+    args = (x, weight, weight if bias is None else bias, out) + scalars
+    if not name.startswith("fc::conv2d_gemm"):
+        return [(name, grid, BLOCK, smem, args)]
+    acc = np.float64 if x.dtype == np.float64 else np.float32
+    if splits == 1:  # part is not read; any pointer of the accumulator type will do
+        part = out if out.dtype == acc else empty_part(empty, (1,), acc)
+        return [(name, grid, BLOCK, smem, args + (part,))]
+    total = out.size
+    part = empty((splits, total), acc)
+    has_bias = _I32(bias is not None)
+    sum_args = (part, weight if bias is None else bias, out, np.int64(total),
+                _I32(out.shape[1]), np.int64(out.shape[2] * out.shape[3]), _I32(splits),
+                has_bias)
+    return [(name, grid, BLOCK, smem, args + (part,)),
+            (expr("conv_sum_splits", CTYPES[x.dtype]), _grid(-(-total // BLOCK), max_blocks),
+             BLOCK, 0, sum_args)]
+
+
+def empty_part(empty, shape, dtype):
+    """A placeholder accumulator-typed array (``empty`` may be None: a host stand-in)."""
+    return np.empty(shape, dtype) if empty is None else empty(shape, dtype)
+
+
+def split_k(tiles: int, r: int, sms: int, forced: int | None = None) -> tuple[int, int]:
+    """``(splits, r_slice)`` for an implicit GEMM of ``tiles`` blocks and reduction ``r``.
+
+    Splits only when the tiles fill less than half of ``GEMM_BLOCKS_PER_SM * sms``
+    resident blocks and each slice keeps at least ``SPLIT_MIN_R`` rows; ``r_slice`` is
+    a multiple of 16 (the kernel's slice depth).  ``forced`` asks for that many slices.
+    """
+    target = GEMM_BLOCKS_PER_SM * sms
+    if forced is not None:
+        splits = max(1, min(forced, -(-r // 16)))
+    elif 2 * tiles > target:
+        splits = 1
+    else:
+        splits = min(target // tiles, r // SPLIT_MIN_R)
+    if splits < 2:
+        return 1, r
+    per_split = -(-r // splits)
+    r_slice = -(-per_split // 16) * 16  # rounded up to whole 16-row chunks
+    return -(-r // r_slice), r_slice
 
 
 def plan_conv_transpose2d(x, weight, bias, out, stride, padding, dilation, groups, max_blocks):
@@ -80,8 +137,11 @@ def plan_conv_transpose2d(x, weight, bias, out, stride, padding, dilation, group
 
 @functools.lru_cache(maxsize=4096)
 def _conv2d_config(xshape, wshape, has_bias, oshape, stride, padding, dilation, groups, dchar,
-                   max_blocks):
-    """``(kernel name, grid, shared memory bytes, scalar args)`` of one conv2d launch."""
+                   max_blocks, split=None):
+    """``(kernel name, grid, shared memory bytes, scalar args, splits)`` of one conv2d launch.
+
+    ``split`` is :data:`SPLIT_K` (None: automatic; an int: that many slices).
+    """
     N, C_in, H, W = xshape
     C_out, Cg, kH, kW = wshape
     Ho, Wo = oshape[2], oshape[3]
@@ -102,20 +162,22 @@ def _conv2d_config(xshape, wshape, has_bias, oshape, stride, padding, dilation, 
         if tile <= SMEM_BUDGET:
             items = N * C_out * -(-Ho // 32) * -(-Wo // 32)
             name = expr("conv2d_depthwise_tiled", ctype, _ksz(kH, kW, _module.DEPTHWISE_KSZ))
-            return name, _grid(items, max_blocks), tile, scalars
+            return name, _grid(items, max_blocks), tile, scalars, 1
         name = expr("conv2d_depthwise_direct", ctype)
-        return name, _grid(-(-N * C_out * Ho * Wo // BLOCK), max_blocks), 0, scalars
+        return name, _grid(-(-N * C_out * Ho * Wo // BLOCK), max_blocks), 0, scalars, 1
 
     kb = _pick_kb(Kg, khw, acc)
     if Kg >= GEMM_MIN_KG or khw * kb * acc > SMEM_BUDGET:
-        items = -(-P // 128) * -(-Kg // 64) * groups
+        tiles = -(-P // 128) * -(-Kg // 64) * groups
+        splits, r_slice = split_k(tiles, Cg * khw, max_blocks // 64, split)
         name = expr("conv2d_gemm", ctype, _ksz(kH, kW, _module.GEMM_KSZ))
-        return name, _grid(items, max_blocks), 0, scalars
+        return (name, _grid(tiles * splits, max_blocks), 0,
+                scalars + (_I32(splits), _I32(r_slice)), splits)
 
     cb = min(Cg, SMEM_BUDGET // (khw * kb * acc))
     items = -(-P // BLOCK) * -(-Kg // kb) * groups
     name = expr("conv2d_direct", ctype, kb)
-    return name, _grid(items, max_blocks), cb * khw * kb * acc, scalars + (_I32(cb),)
+    return name, _grid(items, max_blocks), cb * khw * kb * acc, scalars + (_I32(cb),), 1
 
 
 @functools.lru_cache(maxsize=4096)
@@ -151,7 +213,7 @@ def conv2d(x, weight, bias, *, stride, padding, dilation, groups, out_hw):
     out = cp.empty((x.shape[0], weight.shape[0], out_hw[0], out_hw[1]), dtype=x.dtype)
     if out.size:
         _module.run(plan_conv2d(x, weight, bias, out, stride, padding, dilation, groups,
-                                _module.max_blocks()))
+                                _module.max_blocks(), cp.empty))
     return out
 
 

@@ -33,11 +33,12 @@ def chunk_images(n: int, per_image_bytes: int) -> int:
 
 
 def plan_deform_conv2d(x, offset, weight, bias, mask, out, col, stride, padding, dilation,
-                       groups, offset_groups, max_blocks):
+                       groups, offset_groups, max_blocks, empty=None):
     """Launches for ``out = deform_conv2d(...)`` using the scratch buffer ``col``.
 
     ``col`` has shape ``(nb, C_in*kH*kW, H_out, W_out)``; the batch is processed
-    ``nb`` images at a time.
+    ``nb`` images at a time.  ``empty`` allocates the split-K workspace of the GEMM
+    (see :func:`.conv.plan_conv2d`).
     """
     N, C_in, H, W = x.shape
     C_out, Cg, kH, kW = weight.shape
@@ -65,7 +66,7 @@ def plan_deform_conv2d(x, offset, weight, bias, mask, out, col, stride, padding,
         cols = col if m == nb else col[:m]
         outs = out if (n0 == 0 and m == N) else out[n0:n0 + m]
         launches += plan_conv2d(cols, w_cols, bias, outs, (1, 1), (0, 0), (1, 1), groups,
-                                max_blocks)
+                                max_blocks, empty)
     return launches
 
 
@@ -81,5 +82,6 @@ def deform_conv2d(x, offset, weight, bias, mask, *, stride, padding, dilation, g
     nb = chunk_images(N, per_image)
     col = cp.empty((nb, C_in * kh * kw, out_hw[0], out_hw[1]), dtype=x.dtype)
     _module.run(plan_deform_conv2d(x, offset, weight, bias, mask, out, col, stride, padding,
-                                   dilation, groups, offset_groups, _module.max_blocks()))
+                                   dilation, groups, offset_groups, _module.max_blocks(),
+                                   cp.empty))
     return out

@@ -9,7 +9,13 @@
 //                                memory (weights and gathered inputs), 8x4 register tile
 //                                per thread, next slice prefetched into registers while
 //                                the current one is multiplied.  KSZ = 1 or 3 fixes a
-//                                square kernel size at compile time, 0 = any.
+//                                square kernel size at compile time, 0 = any.  Split-K:
+//                                with splits > 1 the reduction is cut into slices of
+//                                r_slice rows (a multiple of 16), one work item each, and
+//                                the partial sums go to part[s][n][k][y][x] (in Acc<T>);
+//                                conv_sum_splits adds them up with the bias.  That fills
+//                                the GPU when there are few (k, p) tiles and a long r.
+//   conv_sum_splits<T>           out = sum over s of part[s] (+ bias): the split-K epilogue.
 //   conv2d_direct<T, KB>         few output channels per group (grouped convs): one
 //                                thread per output pixel computing KB output channels;
 //                                the group's weights are staged in shared memory in
@@ -40,7 +46,7 @@ __global__ void __launch_bounds__(256)
 conv2d_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
             T* __restrict__ out, int N, int C_in, int H, int W, int C_out, int Ho, int Wo,
             int kH_, int kW_, int sH, int sW, int pH, int pW, int dH, int dW, int groups,
-            int has_bias) {
+            int has_bias, int splits, int r_slice, typename Acc<T>::type* __restrict__ part) {
     typedef typename Acc<T>::type A;
     constexpr int BM = 64, BN = 128, BK = 16, TM = 8, TN = 4;  // 256 threads: 8 (k) x 32 (p)
     __shared__ __align__(16) A As[BK][BM + 4];
@@ -54,7 +60,7 @@ conv2d_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
     const i64 P = (i64)N * HWo;
     const int mTiles = (Kg + BM - 1) / BM;
     const i64 pTiles = (P + BN - 1) / BN;
-    const i64 items = pTiles * mTiles * groups;
+    const i64 items = pTiles * mTiles * groups * splits;
 
     const int tid = threadIdx.x, tx = tid & 31, ty = tid >> 5;
     const int a_r = tid & (BK - 1), a_m = tid >> 4;  // weight loads: (k = a_m + 16q, r = a_r)
@@ -63,9 +69,14 @@ conv2d_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
     for (i64 item = blockIdx.x; item < items; item += gridDim.x) {
         const i64 pt = item % pTiles;
         const i64 rest = item / pTiles;
-        const int mt = (int)(rest % mTiles), g = (int)(rest / mTiles);
+        const int mt = (int)(rest % mTiles), gs = (int)(rest / mTiles);
+        const int g = gs % groups, split = gs / groups;
         const i64 p0 = pt * BN;
         const int m0 = mt * BM;
+        // this work item's slice of the reduction; r_slice % BK == 0, so the BK-deep
+        // chunks never straddle two slices and `r < R` is the only bound the loads need
+        const int r_begin = split * r_slice;
+        const int r_end = r_begin + r_slice < R ? r_begin + r_slice : R;
 
         // The one output pixel whose column of im2col(x) this thread gathers.
         const i64 pb = p0 + b_p;
@@ -109,14 +120,14 @@ conv2d_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
 #pragma unroll
             for (int j = 0; j < TN; ++j) acc[i][j] = A(0);
 
-        load_slice(0);
-        for (int r0 = 0; r0 < R; r0 += BK) {
+        load_slice(r_begin);
+        for (int r0 = r_begin; r0 < r_end; r0 += BK) {
 #pragma unroll
             for (int q = 0; q < 4; ++q) As[a_r][a_m + 16 * q] = ra[q];
 #pragma unroll
             for (int q = 0; q < 8; ++q) Bs[b_r + 2 * q][b_p] = rb[q];
             __syncthreads();
-            if (r0 + BK < R) load_slice(r0 + BK);  // global loads overlap the multiply below
+            if (r0 + BK < r_end) load_slice(r0 + BK);  // global loads overlap the multiply below
 #pragma unroll
             for (int kk = 0; kk < BK; ++kk) {
                 A a[TM], b[TN];
@@ -138,7 +149,17 @@ conv2d_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
             if (p >= P) continue;
             const i64 n = p / HWo;
             const i64 yx = p - n * HWo;
-            T* ob = out + ((i64)n * C_out + (i64)g * Kg) * HWo + yx;
+            const i64 o = ((i64)n * C_out + (i64)g * Kg) * HWo + yx;
+            if (splits > 1) {  // partial sums, no bias: conv_sum_splits finishes
+                A* pb = part + (i64)split * P * C_out + o;
+#pragma unroll
+                for (int i = 0; i < TM; ++i) {
+                    const int m = m0 + ty + 8 * i;
+                    if (m < Kg) pb[(i64)m * HWo] = acc[i][j];
+                }
+                continue;
+            }
+            T* ob = out + o;
 #pragma unroll
             for (int i = 0; i < TM; ++i) {
                 const int m = m0 + ty + 8 * i;
@@ -148,6 +169,19 @@ conv2d_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
                 }
             }
         }
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(256)
+conv_sum_splits(const typename Acc<T>::type* __restrict__ part, const T* __restrict__ bias,
+                T* __restrict__ out, i64 total, int C_out, i64 HWo, int splits, int has_bias) {
+    typedef typename Acc<T>::type A;
+    for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (i64)gridDim.x * blockDim.x) {
+        A v = has_bias ? ld(bias + (int)((e / HWo) % C_out)) : A(0);
+        for (int s = 0; s < splits; ++s) v += part[(i64)s * total + e];
+        out[e] = from_acc<T>(v);
     }
 }
 
