@@ -52,8 +52,10 @@ if has tests; then
     XDIST=()
     if "$PY" -c "import xdist" 2>/dev/null; then XDIST=(-n "${XDIST_WORKERS:-8}"); fi
     # shellcheck disable=SC2086
+    # -p bench.pytest_instafail: failures are printed as they happen, so a run cut off by
+    # its time limit still says what failed and why
     run_step tests "${TESTS_TIMEOUT:-420}" "$PY" -m pytest -q -rs -m "not slow" "${XDIST[@]}" \
-        ${PYTEST_ARGS:-} tests
+        -p bench.pytest_instafail ${PYTEST_ARGS:-} tests
     # shellcheck disable=SC2086
     run_step tests_slow "${SLOW_TIMEOUT:-300}" "$PY" -m pytest -q -rs -m slow ${PYTEST_ARGS:-} tests
 fi

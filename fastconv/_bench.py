@@ -1468,6 +1468,8 @@ def plot(result, path: str) -> None:
             xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(names))]
             ys = [vals.get(n, (None, None))[0] for n in names]
             keep = [(x, y) for x, y in zip(xs, ys, strict=True) if y]
+            if not keep:  # a backend that failed every case: no bar, and no legend entry
+                continue
             bars = ax.bar([x for x, _ in keep], [y for _, y in keep], width, label=label)
             ax.bar_label(bars, labels=[f"{y:.2f}" for _, y in keep], fontsize=7, padding=1)
             shown += [y for _, y in keep]
