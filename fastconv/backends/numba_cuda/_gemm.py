@@ -33,6 +33,35 @@ from numba import cuda
 _cache: dict = {}
 
 
+@cuda.jit(device=True, inline="always")
+def next_row(c, i, j, ni, nj):
+    """The reduction counter ``(c, i, j)`` (digits of radix ``ni`` and ``nj``) plus one."""
+    j += 1
+    if j == nj:
+        j = 0
+        i += 1
+        if i == ni:
+            i = 0
+            c += 1
+    return c, i, j
+
+
+@cuda.jit(device=True, inline="always")
+def advance(c, i, j, dc, di, dj, ni, nj):
+    """The reduction counter ``(c, i, j)`` plus ``(dc, di, dj)``, where ``dj < nj`` and
+    ``di < ni`` (``BK`` written in the counter's radices): at most one carry per digit."""
+    j += dj
+    i += di
+    c += dc
+    if j >= nj:
+        j -= nj
+        i += 1
+    if i >= ni:
+        i -= ni
+        c += 1
+    return c, i, j
+
+
 def functions(T, tiles):
     """``(mma_chunk, zero_acc)`` device functions for float type ``T`` and a tile shape."""
     key = (T, tiles)

@@ -23,6 +23,7 @@ import math
 
 from numba import cuda
 
+from ._gemm import advance, next_row
 from ._gemm import functions as _gemm_functions
 from ._launch import (
     absent,
@@ -320,35 +321,13 @@ def _build_gemm(T, tiles):
                                 if iy >= 0 and iy < H and ix >= 0 and ix < W:
                                     v = x[n, cbase + c, iy, ix]
                             Bs[krb + row, pc] = v
-                            j += 1
-                            if j == kW:
-                                j = 0
-                                i += 1
-                                if i == kH:
-                                    i = 0
-                                    c += 1
+                            c, i, j = next_row(c, i, j, kH, kW)
                         cuda.syncthreads()
                         mma_chunk(As, Bs, acc, ra, rb, tx, ty)
                         cuda.syncthreads()
-                        # advance both counters by BK
-                        ja += bk_j
-                        ia += bk_i
-                        ca += bk_c
-                        if ja >= kW:
-                            ja -= kW
-                            ia += 1
-                        if ia >= kH:
-                            ia -= kH
-                            ca += 1
-                        jb += bk_j
-                        ib += bk_i
-                        cb += bk_c
-                        if jb >= kW:
-                            jb -= kW
-                            ib += 1
-                        if ib >= kH:
-                            ib -= kH
-                            cb += 1
+                        # both loaders' counters move on by BK
+                        ca, ia, ja = advance(ca, ia, ja, bk_c, bk_i, bk_j, kH, kW)
+                        cb, ib, jb = advance(cb, ib, jb, bk_c, bk_i, bk_j, kH, kW)
                     for bb in range(TN):
                         p = p0 + tx + TXS * bb
                         if p < P:
@@ -475,34 +454,12 @@ def _build_gemm(T, tiles):
                                 if iy >= 0 and iy < H and ix >= 0 and ix < W:
                                     v = x[n, cbase + c, iy, ix]
                             Bs[krb + row, pc] = v
-                            j += 1
-                            if j == nJ:
-                                j = 0
-                                i += 1
-                                if i == nI:
-                                    i = 0
-                                    c += 1
+                            c, i, j = next_row(c, i, j, nI, nJ)
                         cuda.syncthreads()
                         mma_chunk(As, Bs, acc, ra, rb, tx, ty)
                         cuda.syncthreads()
-                        ja += bk_j
-                        ia += bk_i
-                        ca += bk_c
-                        if ja >= nJ:
-                            ja -= nJ
-                            ia += 1
-                        if ia >= nI:
-                            ia -= nI
-                            ca += 1
-                        jb += bk_j
-                        ib += bk_i
-                        cb += bk_c
-                        if jb >= nJ:
-                            jb -= nJ
-                            ib += 1
-                        if ib >= nI:
-                            ib -= nI
-                            cb += 1
+                        ca, ia, ja = advance(ca, ia, ja, bk_c, bk_i, bk_j, nI, nJ)
+                        cb, ib, jb = advance(cb, ib, jb, bk_c, bk_i, bk_j, nI, nJ)
                     for bb in range(TN):
                         p = p0 + tx + TXS * bb
                         if p < P:
