@@ -145,13 +145,23 @@ def build(cxx: str = "g++") -> Path:
     out.mkdir(parents=True, exist_ok=True)
     stub = out / "include"
     stub.mkdir(exist_ok=True)
-    (stub / "cuda_fp16.h").write_text("// emulated: __half comes from cuda_emu.h\n")
+    # Concurrent builds of one digest (pytest-xdist workers) may share this folder: every
+    # file is written under a per-process name and moved into place atomically, and the
+    # objects stay per-process, so no build reads another's half-written file.
+    pid = os.getpid()
+
+    def write(path: Path, text: str) -> None:
+        tmp = path.with_name(f"{path.name}.{pid}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+
+    write(stub / "cuda_fp16.h", "// emulated: __half comes from cuda_emu.h\n")
     for name, text in units.items():
-        (out / name).write_text(text)
+        write(out / name, text)
     flags = _flags(sanitize) + [f"-I{stub}"]
 
     def compile_one(src: Path) -> Path:
-        obj = out / (src.stem + ".o")  # in the build folder, never beside our sources
+        obj = out / f"{src.stem}.{pid}.o"  # in the build folder, never beside our sources
         proc = subprocess.run([cxx, *flags, "-c", str(src), "-o", str(obj)],
                               capture_output=True, text=True)
         if proc.returncode:
@@ -161,7 +171,7 @@ def build(cxx: str = "g++") -> Path:
     sources = [out / n for n in units] + [HERE / "cuda_emu_runtime.cpp"]
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         objs = list(pool.map(compile_one, sources))
-    tmp = out / f"libfastconv_emu.{os.getpid()}.so"
+    tmp = out / f"libfastconv_emu.{pid}.so"
     link = [cxx, *flags, "-shared", *map(str, objs), "-o", str(tmp)]
     proc = subprocess.run(link, capture_output=True, text=True)
     if proc.returncode:
