@@ -107,18 +107,23 @@ def main(argv=None) -> int:
             tol = _random_cases.TOLERANCE[dtype]
             t0 = time.perf_counter()
             cases = configs(np.random.default_rng(0))
-            if backend == "cupy":  # the first GEMM case again, split-K forced (conv_sum_splits)
+            if backend == "cupy":  # the optional paths, forced: split-K (conv_sum_splits) on
+                # the first GEMM case, the phase GEMM on the first transposed case
                 cases.append(cases[0] + ({"SPLIT_K": 3},))
+                convt = next(c for c in cases if c[0] == "conv_transpose2d")
+                cases.append(convt + ({"TRANSPOSED_GEMM": True},))
             for op, arrays, params, *settings in cases:
                 host = {k: None if v is None else np.asarray(v, dtype) for k, v in arrays.items()}
                 dev = {k: to_device(v, backend) for k, v in host.items()}
-                default_split = cupy_conv.SPLIT_K
-                for key, value in (settings[0] if settings else {}).items():
+                forced = settings[0] if settings else {}
+                defaults = {key: getattr(cupy_conv, key) for key in forced}
+                for key, value in forced.items():
                     setattr(cupy_conv, key, value)
                 try:
                     out = _random_cases.to_host(getattr(fastconv, op)(**dev, **params))
                 finally:
-                    cupy_conv.SPLIT_K = default_split
+                    for key, value in defaults.items():
+                        setattr(cupy_conv, key, value)
                 ref = getattr(reference, op)(**host, **params)
                 err = _random_cases.relative_error(out, ref)
                 if err > tol:

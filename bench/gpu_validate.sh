@@ -12,7 +12,7 @@
 #   sanitize  compute-sanitizer memcheck (and racecheck for the cupy kernels) on
 #             bench/gpu_sanitize_driver.py, which calls every GPU kernel once
 #   bench     python -m fastconv bench --backend cupy,numba_cuda --no-first-call, then
-#             bench/ab_split_k.py and bench/gpu_profile.py host
+#             bench/ab_cupy_variants.py and bench/gpu_profile.py host
 # then a JSON record (device, driver, package versions, tests passed/failed, check and
 # sanitizer results, and the benchmark in the form {"cases": {case: {"peer", "peer_ms",
 # "fastconv": {backend: {"ms", "ratio"}}}}}) written to bench/results/<date>-<device>.json
@@ -91,10 +91,11 @@ if has sanitize; then
 fi
 
 if has bench; then
-    rm -f "$LOGDIR/bench.json" "$LOGDIR/ab_split_k.json"  # never record a stale run
+    rm -f "$LOGDIR/bench.json" "$LOGDIR/ab_cupy_variants.json"  # never record a stale run
     run_step bench "${BENCH_TIMEOUT:-200}" "$PY" -m fastconv bench --backend cupy,numba_cuda \
         --no-first-call --no-progress --json "$LOGDIR/bench.json"
-    run_step ab_split_k 90 "$PY" bench/ab_split_k.py --json "$LOGDIR/ab_split_k.json"
+    run_step ab_cupy_variants 120 "$PY" bench/ab_cupy_variants.py \
+        --json "$LOGDIR/ab_cupy_variants.json"
     run_step host 60 "$PY" bench/gpu_profile.py host --profile dilated_small
 fi
 
@@ -188,7 +189,7 @@ sections = {  # step -> (record key, how to read it): only the steps that ran re
     "memcheck": ("memcheck", lambda: sanitizer(log("memcheck"))),
     "racecheck": ("racecheck", lambda: sanitizer(log("racecheck"))),
     "bench": ("bench", bench_cases),
-    "ab_split_k": ("split_k_ab", lambda: json_file("ab_split_k.json")),
+    "ab_cupy_variants": ("cupy_variants_ab", lambda: json_file("ab_cupy_variants.json")),
     "host": ("host_overhead", lambda: [l for l in (log("host") or "").splitlines()
                                        if l.strip() and not l.startswith(" ")][:40]),
 }

@@ -163,6 +163,11 @@ def test_plans_use_registered_kernels(monkeypatch):
         launches += conv.plan_conv2d(x, w, w[:64], Arr((2, 64, 9, 9), dt), (1, 1), (1, 1),
                                      (1, 1), 1, 100, Arr)
         monkeypatch.setattr(conv, "SPLIT_K", default_split)
+        monkeypatch.setattr(conv, "TRANSPOSED_GEMM", True)
+        launches += conv.plan_conv_transpose2d(x, Arr((64, 8, 16, 16), dt), None,
+                                               Arr((2, 8, 70, 70), dt), (8, 8), (4, 4), (1, 1),
+                                               1, 100)
+        monkeypatch.setattr(conv, "TRANSPOSED_GEMM", False)
         for c in (1, 5, 16):
             x = Arr((2, c, 9, 9), dt)
             out = Arr((7, c, 3, 2), dt)
@@ -178,7 +183,7 @@ def test_plans_use_registered_kernels(monkeypatch):
     assert used == {
         "fc::conv2d_gemm", "fc::conv2d_direct", "fc::conv2d_depthwise_tiled",
         "fc::conv2d_depthwise_direct", "fc::conv_transpose2d_direct", "fc::deform_im2col",
-        "fc::roi_align", "fc::roi_pool", "fc::conv_sum_splits",
+        "fc::roi_align", "fc::roi_pool", "fc::conv_sum_splits", "fc::conv_transpose2d_gemm",
     }
 
 

@@ -133,6 +133,15 @@ def test_every_instantiation_matches_oracle(dtype):
         cupy_conv.SPLIT_K = old
     err = _random_cases.relative_error(out, reference.conv2d(**arrays, **params))
     assert err <= tol, f"conv2d_gemm split 3 ways ({dtype}): relative error {err:.3g}"
+    # conv_transpose2d_gemm: off by default; forced here (FCN-like: kernel 2x stride)
+    op, arrays, params = _convt(6, 70, (6, 6), stride=3, padding=1)(rng, dtype)
+    old, cupy_conv.TRANSPOSED_GEMM = cupy_conv.TRANSPOSED_GEMM, True
+    try:
+        out = fastconv.conv_transpose2d(**arrays, **params, backend=BACKEND)
+    finally:
+        cupy_conv.TRANSPOSED_GEMM = old
+    err = _random_cases.relative_error(out, reference.conv_transpose2d(**arrays, **params))
+    assert err <= tol, f"conv_transpose2d_gemm ({dtype}): relative error {err:.3g}"
     if dtype != np.float16:  # the image functions compute in float32/float64
         for label, run in _image_paths(dtype):
             out, ref = run(BACKEND), run("reference")
@@ -189,6 +198,16 @@ def test_random_cases_through_split_k(gemm_everywhere, monkeypatch, splits, op, 
     (slices of 16 rows, so most small cases get fewer slices than asked for, some one)."""
     monkeypatch.setattr(cupy_conv, "SPLIT_K", splits)
     check_random_case(op, BACKEND, np.dtype("float32"), data)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@settings(ORACLE_SETTINGS, max_examples=max(1, N_EXAMPLES // 2))
+@given(data=st.data())
+def test_random_transposed_cases_through_the_phase_gemm(monkeypatch, dtype, data):
+    """The random conv_transpose2d configurations (strides, dilations, groups, output
+    padding, phases with no taps) through conv_transpose2d_gemm."""
+    monkeypatch.setattr(cupy_conv, "TRANSPOSED_GEMM", True)
+    check_random_case("conv_transpose2d", BACKEND, np.dtype(dtype), data)
 
 
 @pytest.mark.parametrize(("tiles", "r", "sms", "expected"), [

@@ -68,6 +68,7 @@ def name_expressions(file: str, ctype: str) -> tuple[str, ...]:
             *(expr("conv2d_depthwise_tiled", ctype, k) for k in DEPTHWISE_KSZ),
             expr("conv2d_depthwise_direct", ctype),
             *(expr("conv_transpose2d_direct", ctype, kb) for kb in DIRECT_KB),
+            expr("conv_transpose2d_gemm", ctype),
         )
     if file == "deform.cu":
         return (expr("deform_im2col", ctype),)

@@ -17,6 +17,10 @@ Kernel choice for ``conv2d`` (per group: ``Cg = C_in/groups`` input and
   the reduction is split (split-K) and ``conv_sum_splits`` adds the partial sums;
 * otherwise (grouped convolutions with few channels per group):
   ``conv2d_direct`` with ``KB`` output channels per thread.
+
+``conv_transpose2d`` gathers with ``conv_transpose2d_direct``, or, with
+:data:`TRANSPOSED_GEMM`, runs one implicit GEMM per output phase
+(``conv_transpose2d_gemm``).
 """
 
 from __future__ import annotations
@@ -36,9 +40,14 @@ GEMM_BLOCKS_PER_SM = 2
 #: the shortest reduction slice of a split-K launch (8 slices of 16 rows)
 SPLIT_MIN_R = 128
 #: split-K: None chooses where it fills the GPU (:func:`split_k`), an int forces that many
-#: slices.  Off (1) by default until a GPU run of ``bench/ab_split_k.py`` shows that the
-#: automatic choice pays (ncu on an H100: dilated_aspp ran 128 blocks, 12.5 % warps active)
+#: slices.  Off (1) by default until a GPU run of ``bench/ab_cupy_variants.py`` shows that
+#: the automatic choice pays (ncu, H100: dilated_aspp ran 128 blocks, 12.5 % warps active)
 SPLIT_K: int | None = 1
+#: conv_transpose2d through conv_transpose2d_gemm (one implicit GEMM per output phase)
+#: instead of the gathering kernel.  Off by default until a GPU run of
+#: ``bench/ab_cupy_variants.py`` says for which shapes it pays (on the H100 the gathering
+#: kernel ran transposed_fcn, 16x16 taps at stride 8, at 0.9 TFLOP/s: 4.99x cuDNN)
+TRANSPOSED_GEMM = False
 #: dynamic shared memory a launch may use (the default per-block limit)
 SMEM_BUDGET = 48 * 1024
 BLOCK = 256
@@ -126,7 +135,7 @@ def plan_conv_transpose2d(x, weight, bias, out, stride, padding, dilation, group
     """Launches computing ``out = conv_transpose2d(x, weight)`` by gathering."""
     name, grid, smem, scalars = _conv_transpose2d_config(
         x.shape, weight.shape, bias is not None, out.shape, stride, padding, dilation, groups,
-        x.dtype.char, max_blocks,
+        x.dtype.char, max_blocks, TRANSPOSED_GEMM,
     )
     return [(name, grid, BLOCK, smem, (x, weight, weight if bias is None else bias, out) + scalars)]
 
@@ -182,8 +191,11 @@ def _conv2d_config(xshape, wshape, has_bias, oshape, stride, padding, dilation, 
 
 @functools.lru_cache(maxsize=4096)
 def _conv_transpose2d_config(xshape, wshape, has_bias, oshape, stride, padding, dilation, groups,
-                             dchar, max_blocks):
-    """``(kernel name, grid, shared memory bytes, scalar args)`` of one conv_transpose2d launch."""
+                             dchar, max_blocks, gemm=False):
+    """``(kernel name, grid, shared memory bytes, scalar args)`` of one conv_transpose2d launch.
+
+    ``gemm``: :data:`TRANSPOSED_GEMM`.
+    """
     N, C_in, H, W = xshape
     _, Kg, kH, kW = wshape
     C_out, Ho, Wo = oshape[1], oshape[2], oshape[3]
@@ -194,6 +206,14 @@ def _conv_transpose2d_config(xshape, wshape, has_bias, oshape, stride, padding, 
     pH, pW = padding
     dH, dW = dilation
     khw = kH * kW
+    step_i, step_j = sH // math.gcd(sH, dH), sW // math.gcd(sW, dW)
+    if gemm:
+        scalars = tuple(_I32(v) for v in (
+            N, C_in, H, W, C_out, Ho, Wo, kH, kW, sH, sW, pH, pW, dH, dW, groups, has_bias,
+            step_i, step_j))
+        p_tiles = -(-(N * -(-Ho // sH) * -(-Wo // sW)) // 128)
+        items = p_tiles * -(-Kg // 64) * groups * sH * sW
+        return expr("conv_transpose2d_gemm", CTYPES[dtype]), _grid(items, max_blocks), 0, scalars
     kb = _pick_kb(Kg, khw, acc)
     if khw * kb * acc > SMEM_BUDGET:
         raise ValueError(
@@ -202,7 +222,7 @@ def _conv_transpose2d_config(xshape, wshape, has_bias, oshape, stride, padding, 
     cb = min(Cg, SMEM_BUDGET // (khw * kb * acc))
     scalars = tuple(_I32(v) for v in (
         N, C_in, H, W, C_out, Ho, Wo, kH, kW, sH, sW, pH, pW, dH, dW, groups, has_bias,
-        sH // math.gcd(sH, dH), sW // math.gcd(sW, dW), cb))
+        step_i, step_j, cb))
     items = -(-(N * Ho * Wo) // BLOCK) * -(-Kg // kb) * groups
     name = expr("conv_transpose2d_direct", CTYPES[dtype], kb)
     return name, _grid(items, max_blocks), cb * khw * kb * acc, scalars

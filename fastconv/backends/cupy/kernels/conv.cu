@@ -26,6 +26,9 @@
 //                                kernel go to shared memory, each thread computes 4 rows.
 //   conv2d_depthwise_direct<T>   depthwise without shared memory (tiles that would not
 //                                fit: large strides/dilations/kernels).
+//   conv_transpose2d_gemm<T>     transposed conv as one implicit GEMM per output phase
+//                                (sH x sW phases, each a stride-1 correlation with the
+//                                taps that land on it), sharing conv2d_gemm's main loop.
 //   conv_transpose2d_direct<T, KB>  transposed conv by gathering (no atomics): each thread
 //                                owns one output pixel and KB output channels and sums the
 //                                input pixels that land on it; only the taps with
@@ -39,6 +42,56 @@
 
 namespace fc {
 
+// ------------------------------------------------------------------ implicit GEMM main loop
+
+// The tile shape of conv2d_gemm and conv_transpose2d_gemm: 64 (k) x 128 (p) per block of
+// 256 threads (8 x 32), 16-deep slices of the reduction, an 8x4 register tile per thread.
+struct Gemm {
+    static constexpr int BM = 64, BN = 128, BK = 16, TM = 8, TN = 4;
+};
+
+// acc = sum over r in [r_begin, r_end) of A[m, r] * B[r, p] for this thread's 8x4 (m, p):
+// rows m = ty + 8i of the block's 64, columns p = tx + 32j of its 128.  load(r0, ra, rb)
+// fetches this thread's share of the slice starting at r0: ra[q] = A[a_m + 16q, r0 + a_r]
+// and rb[q] = B[r0 + b_r + 2q, b_p] (a_r = tid % 16, a_m = tid / 16, b_p = tid % 128,
+// b_r = tid / 128), zero outside the problem.  The next slice is loaded into registers
+// while the current one, in shared memory, is multiplied.  Every thread must call it.
+template <typename A, typename Load>
+__device__ __forceinline__ void gemm_mainloop(A (&acc)[Gemm::TM][Gemm::TN],
+                                              A (*As)[Gemm::BM + 4], A (*Bs)[Gemm::BN],
+                                              int r_begin, int r_end, Load load) {
+    const int tid = threadIdx.x, tx = tid & 31, ty = tid >> 5;
+    const int a_r = tid & (Gemm::BK - 1), a_m = tid >> 4;
+    const int b_p = tid & (Gemm::BN - 1), b_r = tid >> 7;
+#pragma unroll
+    for (int i = 0; i < Gemm::TM; ++i)
+#pragma unroll
+        for (int j = 0; j < Gemm::TN; ++j) acc[i][j] = A(0);
+    A ra[4], rb[8];
+    load(r_begin, ra, rb);
+    for (int r0 = r_begin; r0 < r_end; r0 += Gemm::BK) {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) As[a_r][a_m + 16 * q] = ra[q];
+#pragma unroll
+        for (int q = 0; q < 8; ++q) Bs[b_r + 2 * q][b_p] = rb[q];
+        __syncthreads();
+        if (r0 + Gemm::BK < r_end) load(r0 + Gemm::BK, ra, rb);  // overlaps the multiply below
+#pragma unroll
+        for (int kk = 0; kk < Gemm::BK; ++kk) {
+            A a[Gemm::TM], b[Gemm::TN];
+#pragma unroll
+            for (int i = 0; i < Gemm::TM; ++i) a[i] = As[kk][ty + 8 * i];
+#pragma unroll
+            for (int j = 0; j < Gemm::TN; ++j) b[j] = Bs[kk][tx + 32 * j];
+#pragma unroll
+            for (int i = 0; i < Gemm::TM; ++i)
+#pragma unroll
+                for (int j = 0; j < Gemm::TN; ++j) acc[i][j] += a[i] * b[j];
+        }
+        __syncthreads();
+    }
+}
+
 // ------------------------------------------------------------------ conv2d: implicit GEMM
 
 template <typename T, int KSZ>
@@ -48,7 +101,7 @@ conv2d_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
             int kH_, int kW_, int sH, int sW, int pH, int pW, int dH, int dW, int groups,
             int has_bias, int splits, int r_slice, typename Acc<T>::type* __restrict__ part) {
     typedef typename Acc<T>::type A;
-    constexpr int BM = 64, BN = 128, BK = 16, TM = 8, TN = 4;  // 256 threads: 8 (k) x 32 (p)
+    constexpr int BM = Gemm::BM, BN = Gemm::BN, BK = Gemm::BK, TM = Gemm::TM, TN = Gemm::TN;
     __shared__ __align__(16) A As[BK][BM + 4];
     __shared__ __align__(16) A Bs[BK][BN];
 
@@ -93,8 +146,7 @@ conv2d_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
         }
         const T* wg = w + (i64)g * Kg * R;  // rows of this group's output channels
 
-        A ra[4], rb[8];
-        auto load_slice = [&](int r0) {
+        auto load_slice = [&](int r0, A (&ra)[4], A (&rb)[8]) {
 #pragma unroll
             for (int q = 0; q < 4; ++q) {
                 const int m = m0 + a_m + 16 * q, r = r0 + a_r;
@@ -115,33 +167,7 @@ conv2d_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
         };
 
         A acc[TM][TN];
-#pragma unroll
-        for (int i = 0; i < TM; ++i)
-#pragma unroll
-            for (int j = 0; j < TN; ++j) acc[i][j] = A(0);
-
-        load_slice(r_begin);
-        for (int r0 = r_begin; r0 < r_end; r0 += BK) {
-#pragma unroll
-            for (int q = 0; q < 4; ++q) As[a_r][a_m + 16 * q] = ra[q];
-#pragma unroll
-            for (int q = 0; q < 8; ++q) Bs[b_r + 2 * q][b_p] = rb[q];
-            __syncthreads();
-            if (r0 + BK < r_end) load_slice(r0 + BK);  // global loads overlap the multiply below
-#pragma unroll
-            for (int kk = 0; kk < BK; ++kk) {
-                A a[TM], b[TN];
-#pragma unroll
-                for (int i = 0; i < TM; ++i) a[i] = As[kk][ty + 8 * i];
-#pragma unroll
-                for (int j = 0; j < TN; ++j) b[j] = Bs[kk][tx + 32 * j];
-#pragma unroll
-                for (int i = 0; i < TM; ++i)
-#pragma unroll
-                    for (int j = 0; j < TN; ++j) acc[i][j] += a[i] * b[j];
-            }
-            __syncthreads();
-        }
+        gemm_mainloop(acc, As, Bs, r_begin, r_end, load_slice);
 
 #pragma unroll
         for (int j = 0; j < TN; ++j) {
@@ -464,6 +490,136 @@ conv_transpose2d_direct(const T* __restrict__ x, const T* __restrict__ w,
                 if (k0 + kb < Kg) {
                     const A bv = has_bias ? ld(bias + g * Kg + k0 + kb) : A(0);
                     ob[(i64)kb * HWo] = from_acc<T>(acc[kb] + bv);
+                }
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------ conv_transpose2d: GEMM
+
+// floor(a / b) for b > 0 (C++ division truncates toward zero)
+__device__ __forceinline__ int floordiv(int a, int b) {
+    return a >= 0 ? a / b : -((-a + b - 1) / b);
+}
+
+// Transposed convolution as one implicit GEMM per output phase.  The outputs
+// y = ay - pH + sH * u (one phase ay in [0, sH), likewise x) receive only the taps
+// i = i0 + stepI * mi with (i * dH - ay) % sH == 0, from input row u - e(i), where
+// e(i) = (i * dH - ay) / sH; so each of the sH * sW phases is a stride-1 correlation with
+// nI x nJ taps: out[k, p] = sum over r = (c, mi, mj) of W[c, k, i, j] * x[c, u - e(i), .],
+// with the batch folded into p as in conv2d_gemm.  Work items are (pixel tile, channel
+// tile, group, phase); a phase smaller than the largest skips its last pixel tiles.
+template <typename T>
+__global__ void __launch_bounds__(256)
+conv_transpose2d_gemm(const T* __restrict__ x, const T* __restrict__ w,
+                      const T* __restrict__ bias, T* __restrict__ out, int N, int C_in, int H,
+                      int W, int C_out, int Ho, int Wo, int kH, int kW, int sH, int sW, int pH,
+                      int pW, int dH, int dW, int groups, int has_bias, int stepI, int stepJ) {
+    typedef typename Acc<T>::type A;
+    constexpr int BM = Gemm::BM, BN = Gemm::BN, BK = Gemm::BK, TM = Gemm::TM, TN = Gemm::TN;
+    __shared__ __align__(16) A As[BK][BM + 4];
+    __shared__ __align__(16) A Bs[BK][BN];
+
+    const int Cg = C_in / groups, Kg = C_out / groups;
+    const int kHW = kH * kW;
+    const i64 HW = (i64)H * W, HWo = (i64)Ho * Wo;
+    const i64 pTiles = ((i64)N * ((Ho + sH - 1) / sH) * ((Wo + sW - 1) / sW) + BN - 1) / BN;
+    const int mTiles = (Kg + BM - 1) / BM;
+    const i64 items = pTiles * mTiles * groups * sH * sW;
+
+    const int tid = threadIdx.x, tx = tid & 31, ty = tid >> 5;
+    const int a_r = tid & (BK - 1), a_m = tid >> 4;  // weight loads: (k = a_m + 16q, r = a_r)
+    const int b_p = tid & (BN - 1), b_r = tid >> 7;  // input loads:  (r = b_r + 2q, p = b_p)
+
+    for (i64 item = blockIdx.x; item < items; item += gridDim.x) {
+        const i64 pt = item % pTiles;
+        const i64 rest = item / pTiles;
+        const int mt = (int)(rest % mTiles);
+        const int gp = (int)(rest / mTiles);
+        const int g = gp % groups, phase = gp / groups;
+        const int ay = phase / sW, ax = phase - ay * sW;
+
+        // this phase's taps and output rows/columns (uniform over the block)
+        int i0 = 0, j0 = 0;
+        while (i0 < kH && (i0 * dH - ay) % sH != 0) ++i0;
+        while (j0 < kW && (j0 * dW - ax) % sW != 0) ++j0;
+        const int nI = i0 < kH ? (kH - i0 + stepI - 1) / stepI : 0;
+        const int nJ = j0 < kW ? (kW - j0 + stepJ - 1) / stepJ : 0;
+        const int e0y = (i0 * dH - ay) / sH, esy = stepI * dH / sH;  // exact divisions
+        const int e0x = (j0 * dW - ax) / sW, esx = stepJ * dW / sW;
+        const int u0 = -floordiv(ay - pH, sH), v0 = -floordiv(ax - pW, sW);
+        const int Hp = imax(floordiv(Ho - 1 + pH - ay, sH) - u0 + 1, 0);
+        const int Wp = imax(floordiv(Wo - 1 + pW - ax, sW) - v0 + 1, 0);
+        const i64 HWp = (i64)Hp * Wp;
+        const i64 P = (i64)N * HWp;
+        const i64 p0 = pt * BN;
+        if (p0 >= P) continue;  // block-uniform, before any barrier
+        const int m0 = mt * BM;
+        const int nIJ = nI * nJ;
+        const int R = Cg * nIJ;
+
+        // The one output pixel of this phase whose column of B this thread gathers.
+        const i64 pb = p0 + b_p;
+        const bool pb_ok = pb < P;
+        int iyb = 0, ixb = 0;
+        const T* xb = x;
+        if (pb_ok) {
+            const i64 n = pb / HWp;
+            const int uv = (int)(pb - n * HWp);
+            const int u = uv / Wp, v = uv - u * Wp;
+            iyb = u0 + u - e0y;
+            ixb = v0 + v - e0x;
+            xb = x + ((i64)n * C_in + (i64)g * Cg) * HW;
+        }
+        const T* wg = w + (i64)g * Cg * Kg * kHW;  // weight (C_in, Kg, kH, kW), this group
+
+        auto load_slice = [&](int r0, A (&ra)[4], A (&rb)[8]) {
+            const int ra_r = r0 + a_r;
+            const bool ra_ok = ra_r < R;
+            const T* wr = wg;
+            if (ra_ok) {
+                const int c = ra_r / nIJ, t = ra_r - c * nIJ;
+                const int mi = t / nJ, mj = t - mi * nJ;
+                wr = wg + (i64)c * Kg * kHW + (i0 + mi * stepI) * kW + (j0 + mj * stepJ);
+            }
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+                const int m = m0 + a_m + 16 * q;
+                ra[q] = (ra_ok && m < Kg) ? ld(wr + (i64)m * kHW) : A(0);
+            }
+#pragma unroll
+            for (int q = 0; q < 8; ++q) {
+                const int r = r0 + b_r + 2 * q;
+                A v = A(0);
+                if (pb_ok && r < R) {
+                    const int c = r / nIJ, t = r - c * nIJ;
+                    const int mi = t / nJ, mj = t - mi * nJ;
+                    const int iy = iyb - mi * esy, ix = ixb - mj * esx;
+                    if (in_range(iy, H) && in_range(ix, W)) v = ld(xb + c * HW + (i64)iy * W + ix);
+                }
+                rb[q] = v;
+            }
+        };
+
+        A acc[TM][TN];
+        gemm_mainloop(acc, As, Bs, 0, R, load_slice);
+
+#pragma unroll
+        for (int j = 0; j < TN; ++j) {
+            const i64 p = p0 + tx + 32 * j;
+            if (p >= P) continue;
+            const i64 n = p / HWp;
+            const int uv = (int)(p - n * HWp);
+            const int u = uv / Wp, v = uv - u * Wp;
+            const int y = ay - pH + sH * (u0 + u), xo = ax - pW + sW * (v0 + v);
+            T* ob = out + ((i64)n * C_out + (i64)g * Kg) * HWo + (i64)y * Wo + xo;
+#pragma unroll
+            for (int i = 0; i < TM; ++i) {
+                const int m = m0 + ty + 8 * i;
+                if (m < Kg) {
+                    const A bv = has_bias ? ld(bias + g * Kg + m) : A(0);
+                    ob[(i64)m * HWo] = from_acc<T>(acc[i][j] + bv);
                 }
             }
         }
