@@ -124,24 +124,22 @@ def test_every_instantiation_matches_oracle(dtype):
         assert out.dtype == dtype and out.shape == ref.shape, label
         err = _random_cases.relative_error(out, ref)
         assert err <= tol, f"{label} ({dtype}): relative error {err:.3g} > {tol:g}"
-    # split-K (conv_sum_splits): automatic on a GPU with few tiles; forced here (3 blocks)
-    op, arrays, params = _conv(2, 20, 70, (3, 3), padding=1)(rng, dtype)
-    old, cupy_conv.SPLIT_K = cupy_conv.SPLIT_K, 3
-    try:
-        out = fastconv.conv2d(**arrays, **params, backend=BACKEND)
-    finally:
-        cupy_conv.SPLIT_K = old
-    err = _random_cases.relative_error(out, reference.conv2d(**arrays, **params))
-    assert err <= tol, f"conv2d_gemm split 3 ways ({dtype}): relative error {err:.3g}"
-    # conv_transpose2d_gemm: off by default; forced here (FCN-like: kernel 2x stride)
-    op, arrays, params = _convt(6, 70, (6, 6), stride=3, padding=1)(rng, dtype)
-    old, cupy_conv.TRANSPOSED_GEMM = cupy_conv.TRANSPOSED_GEMM, True
-    try:
-        out = fastconv.conv_transpose2d(**arrays, **params, backend=BACKEND)
-    finally:
-        cupy_conv.TRANSPOSED_GEMM = old
-    err = _random_cases.relative_error(out, reference.conv_transpose2d(**arrays, **params))
-    assert err <= tol, f"conv_transpose2d_gemm ({dtype}): relative error {err:.3g}"
+    # the paths that are off by default, forced: split-K (conv_sum_splits; automatic on a
+    # GPU with few tiles) and the phase GEMM for conv_transpose2d (FCN-like: kernel 2x stride)
+    for label, setting, value, make in [
+        ("conv2d_gemm split 3 ways", "SPLIT_K", 3, _conv(2, 20, 70, (3, 3), padding=1)),
+        ("conv_transpose2d_gemm", "TRANSPOSED_GEMM", True,
+         _convt(6, 70, (6, 6), stride=3, padding=1)),
+    ]:
+        op, arrays, params = make(rng, dtype)
+        old = getattr(cupy_conv, setting)
+        setattr(cupy_conv, setting, value)
+        try:
+            out = getattr(fastconv, op)(**arrays, **params, backend=BACKEND)
+        finally:
+            setattr(cupy_conv, setting, old)
+        err = _random_cases.relative_error(out, getattr(reference, op)(**arrays, **params))
+        assert err <= tol, f"{label} ({dtype}): relative error {err:.3g} > {tol:g}"
     if dtype != np.float16:  # the image functions compute in float32/float64
         for label, run in _image_paths(dtype):
             out, ref = run(BACKEND), run("reference")

@@ -118,6 +118,7 @@ _cupy = None
 _modules: dict = {}  # (device, file, ctype) -> cupy.RawModule
 _kernels: dict = {}  # (device, name expression) -> cupy.RawKernel
 _max_blocks: dict = {}  # device -> grid size cap for grid-stride kernels
+_placeholders: dict = {}  # (device, dtype) -> one-element array for unread pointer arguments
 _extra_options: tuple = ()
 
 
@@ -188,6 +189,21 @@ def max_blocks() -> int:
         sms = cp.cuda.runtime.getDeviceProperties(device)["multiProcessorCount"]
         m = _max_blocks[device] = 64 * int(sms)
     return m
+
+
+def placeholder(dtype, empty=None):
+    """A one-element ``dtype`` array for a pointer argument that a launch does not read.
+
+    Made with ``empty`` (``cupy.empty``) once per (device, dtype), so a call allocates
+    nothing for it; a host array when ``empty`` is None (planning without a GPU).
+    """
+    if empty is None:
+        return np.empty((1,), dtype)
+    key = (cupy().cuda.runtime.getDevice(), np.dtype(dtype))
+    a = _placeholders.get(key)
+    if a is None:
+        a = _placeholders[key] = empty((1,), dtype)
+    return a
 
 
 def run(launches) -> None:

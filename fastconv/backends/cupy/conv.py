@@ -92,7 +92,7 @@ def plan_conv2d(x, weight, bias, out, stride, padding, dilation, groups, max_blo
         return [(name, grid, BLOCK, smem, args)]
     acc = np.float64 if x.dtype == np.float64 else np.float32
     if splits == 1:  # part is not read; any pointer of the accumulator type will do
-        part = out if out.dtype == acc else empty_part(empty, (1,), acc)
+        part = out if out.dtype == acc else _module.placeholder(acc, empty)
         return [(name, grid, BLOCK, smem, args + (part,))]
     total = out.size
     part = empty((splits, total), acc)
@@ -103,11 +103,6 @@ def plan_conv2d(x, weight, bias, out, stride, padding, dilation, groups, max_blo
     return [(name, grid, BLOCK, smem, args + (part,)),
             (expr("conv_sum_splits", CTYPES[x.dtype]), _grid(-(-total // BLOCK), max_blocks),
              BLOCK, 0, sum_args)]
-
-
-def empty_part(empty, shape, dtype):
-    """A placeholder accumulator-typed array (``empty`` may be None: a host stand-in)."""
-    return np.empty(shape, dtype) if empty is None else empty(shape, dtype)
 
 
 def split_k(tiles: int, r: int, sms: int, forced: int | None = None) -> tuple[int, int]:

@@ -255,11 +255,12 @@ def absent(array, dtype, ndim: int):
     numba.cuda cannot pass ``None`` to a kernel on a real GPU (``NotImplementedError:
     (none, None)`` at launch; the simulator accepts it), so an optional argument (bias,
     mask) is always an array and the kernels test ``a.shape[0] != 0``: a uniform branch.
-    The stand-ins own no memory and are made once per (context, dtype, ndim).
+    The stand-ins are null pointers that no kernel reads, so one per (dtype, ndim) serves
+    every device.
     """
     if array is not None:
         return array
-    key = (None if SIMULATOR else id(cuda.current_context()), np.dtype(dtype), ndim)
+    key = (np.dtype(dtype), ndim)
     a = _absent_cache.get(key)
     if a is None:
         a = _absent_cache[key] = cuda.device_array((0,) * ndim, dtype=dtype)

@@ -92,6 +92,25 @@ __device__ __forceinline__ void gemm_mainloop(A (&acc)[Gemm::TM][Gemm::TN],
     }
 }
 
+// The epilogue of one output column j: ob[m * HWo] = acc[i][j] (+ bias_g[m]) for this
+// thread's rows m = m0 + ty + 8i < Kg.  ob points at the group's first output channel at
+// the column's pixel, bias_g at the group's first bias.  (Split-K partial sums use it
+// with O = A and no bias.)
+template <typename O, typename A, typename B>
+__device__ __forceinline__ void gemm_store_column(O* ob, const A (&acc)[Gemm::TM][Gemm::TN],
+                                                  int j, int m0, int Kg, i64 HWo,
+                                                  const B* bias_g, int has_bias) {
+    const int ty = threadIdx.x >> 5;
+#pragma unroll
+    for (int i = 0; i < Gemm::TM; ++i) {
+        const int m = m0 + ty + 8 * i;
+        if (m < Kg) {
+            const A bv = has_bias ? ld(bias_g + m) : A(0);
+            ob[(i64)m * HWo] = from_acc<O>(acc[i][j] + bv);
+        }
+    }
+}
+
 // ------------------------------------------------------------------ conv2d: implicit GEMM
 
 template <typename T, int KSZ>
@@ -115,7 +134,7 @@ conv2d_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
     const i64 pTiles = (P + BN - 1) / BN;
     const i64 items = pTiles * mTiles * groups * splits;
 
-    const int tid = threadIdx.x, tx = tid & 31, ty = tid >> 5;
+    const int tid = threadIdx.x, tx = tid & 31;
     const int a_r = tid & (BK - 1), a_m = tid >> 4;  // weight loads: (k = a_m + 16q, r = a_r)
     const int b_p = tid & (BN - 1), b_r = tid >> 7;  // input loads:  (r = b_r + 2q, p = b_p)
 
@@ -176,24 +195,10 @@ conv2d_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
             const i64 n = p / HWo;
             const i64 yx = p - n * HWo;
             const i64 o = ((i64)n * C_out + (i64)g * Kg) * HWo + yx;
-            if (splits > 1) {  // partial sums, no bias: conv_sum_splits finishes
-                A* pb = part + (i64)split * P * C_out + o;
-#pragma unroll
-                for (int i = 0; i < TM; ++i) {
-                    const int m = m0 + ty + 8 * i;
-                    if (m < Kg) pb[(i64)m * HWo] = acc[i][j];
-                }
-                continue;
-            }
-            T* ob = out + o;
-#pragma unroll
-            for (int i = 0; i < TM; ++i) {
-                const int m = m0 + ty + 8 * i;
-                if (m < Kg) {
-                    const A bv = has_bias ? ld(bias + g * Kg + m) : A(0);
-                    ob[(i64)m * HWo] = from_acc<T>(acc[i][j] + bv);
-                }
-            }
+            if (splits > 1)  // partial sums, no bias: conv_sum_splits finishes
+                gemm_store_column(part + (i64)split * P * C_out + o, acc, j, m0, Kg, HWo, bias, 0);
+            else
+                gemm_store_column(out + o, acc, j, m0, Kg, HWo, bias + g * Kg, has_bias);
         }
     }
 }
@@ -528,7 +533,7 @@ conv_transpose2d_gemm(const T* __restrict__ x, const T* __restrict__ w,
     const int mTiles = (Kg + BM - 1) / BM;
     const i64 items = pTiles * mTiles * groups * sH * sW;
 
-    const int tid = threadIdx.x, tx = tid & 31, ty = tid >> 5;
+    const int tid = threadIdx.x, tx = tid & 31;
     const int a_r = tid & (BK - 1), a_m = tid >> 4;  // weight loads: (k = a_m + 16q, r = a_r)
     const int b_p = tid & (BN - 1), b_r = tid >> 7;  // input loads:  (r = b_r + 2q, p = b_p)
 
@@ -614,14 +619,7 @@ conv_transpose2d_gemm(const T* __restrict__ x, const T* __restrict__ w,
             const int u = uv / Wp, v = uv - u * Wp;
             const int y = ay - pH + sH * (u0 + u), xo = ax - pW + sW * (v0 + v);
             T* ob = out + ((i64)n * C_out + (i64)g * Kg) * HWo + (i64)y * Wo + xo;
-#pragma unroll
-            for (int i = 0; i < TM; ++i) {
-                const int m = m0 + ty + 8 * i;
-                if (m < Kg) {
-                    const A bv = has_bias ? ld(bias + g * Kg + m) : A(0);
-                    ob[(i64)m * HWo] = from_acc<T>(acc[i][j] + bv);
-                }
-            }
+            gemm_store_column(ob, acc, j, m0, Kg, HWo, bias + g * Kg, has_bias);
         }
     }
 }
