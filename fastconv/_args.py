@@ -8,6 +8,7 @@ and the value that was given.
 
 from __future__ import annotations
 
+import functools
 import numbers
 import operator
 
@@ -61,6 +62,42 @@ def positive_int(value, name: str) -> int:
     return v
 
 
+# ------------------------------------------------------------------- memoised specs
+
+def memoised_spec(shapes: int):
+    """Memoise a ``*_spec`` function whose first ``shapes`` arguments are array shapes.
+
+    A spec depends only on shapes and Python scalars, so a repeated call (the same
+    layer run again) can skip the validation arithmetic, a good part of the per-call
+    host overhead.  The other arguments are keyed with their types (and a tuple's
+    with its items' types): ``stride=True`` or ``stride=2.0`` must raise, not hit the
+    entry of ``stride=1`` or ``2``, which compare equal.  Unhashable arguments (a list,
+    an array) take the uncached path; errors are never cached; each caller gets its
+    own copy of the result.
+    """
+
+    def decorate(spec):
+        cached = functools.lru_cache(maxsize=4096)(lambda key, args: spec(*args))
+
+        @functools.wraps(spec)
+        def wrapper(*args):
+            params = args[shapes:]
+            types = tuple([type(a) if type(a) is not tuple else tuple(map(type, a))
+                           for a in params])
+            try:
+                return dict(cached((args[:shapes], types), args))
+            except TypeError as exc:
+                if "unhashable" not in str(exc):
+                    raise
+            return spec(*args)
+
+        wrapper.cache_clear = cached.cache_clear
+        wrapper.cache_info = cached.cache_info
+        return wrapper
+
+    return decorate
+
+
 # ----------------------------------------------------------------------------- arrays
 
 
@@ -103,6 +140,7 @@ def conv_out_size(size: int, k: int, s: int, p_total: int, d: int) -> int:
     return (size + p_total - d * (k - 1) - 1) // s + 1
 
 
+@memoised_spec(shapes=3)
 def conv2d_spec(x_shape, w_shape, b_shape, stride, padding, dilation, groups) -> dict:
     """Validate conv2d arguments; return the normalised keyword arguments for a backend."""
     check_ndim(x_shape, 4, "input", "(N, C_in, H, W)")
@@ -164,6 +202,7 @@ def _check_bias(b_shape, c_out: int) -> None:
 # ----------------------------------------------------------------------------- conv_transpose2d
 
 
+@memoised_spec(shapes=3)
 def conv_transpose2d_spec(
     x_shape, w_shape, b_shape, stride, padding, output_padding, groups, dilation
 ) -> dict:
@@ -211,6 +250,7 @@ def conv_transpose2d_spec(
 # ----------------------------------------------------------------------------- deform_conv2d
 
 
+@memoised_spec(shapes=5)
 def deform_conv2d_spec(x_shape, off_shape, w_shape, b_shape, m_shape, stride, padding, dilation):
     check_ndim(x_shape, 4, "input", "(N, C_in, H, W)")
     check_ndim(off_shape, 4, "offset", "(N, 2 * offset_groups * kH * kW, H_out, W_out)")
@@ -276,6 +316,7 @@ def deform_conv2d_spec(x_shape, off_shape, w_shape, b_shape, m_shape, stride, pa
 # ----------------------------------------------------------------------------- RoI ops
 
 
+@memoised_spec(shapes=1)
 def roi_spec(x_shape, output_size, spatial_scale) -> dict:
     check_ndim(x_shape, 4, "input", "(N, C, H, W)")
     output_size = positive_pair(output_size, "output_size")

@@ -66,8 +66,17 @@ def check_backend_name(name) -> None:
         raise ValueError(f"unknown backend {name!r}; choose one of {sorted(BACKENDS)}")
 
 
+#: backend name -> its module, once it has imported and passed ``check_available``
+_ready: dict = {}
+#: (backend module name, op) -> the op's function (``Call.run`` resolves each once)
+_ops: dict = {}
+
+
 def get_backend(name: str):
     """Import a backend module by name and check that it can run here."""
+    module = _ready.get(name)
+    if module is not None:
+        return module
     check_backend_name(name)
     module_name = BACKENDS[name][0]
     try:
@@ -80,6 +89,7 @@ def get_backend(name: str):
         message = f"backend {name!r} cannot be imported ({exc}); {hint}"
         raise BackendUnavailableError(message) from exc
     module.check_available()
+    _ready[name] = module
     return module
 
 
@@ -120,12 +130,15 @@ class Call:
         its sub-modules (``"resample.upsample"``).
         """
         module = self.module
-        # "resample.upsample" names an op in a sub-module of the backend package.
-        owner, _, func = op.rpartition(".")
-        target = importlib.import_module(f"{module.__name__}.{owner}") if owner else module
+        fn = _ops.get((module.__name__, op))
+        if fn is None:
+            # "resample.upsample" names an op in a sub-module of the backend package.
+            owner, _, func = op.rpartition(".")
+            target = importlib.import_module(f"{module.__name__}.{owner}") if owner else module
+            fn = _ops[(module.__name__, op)] = getattr(target, func)
         with module.use_device(self.device):
             contiguous = [None if a is None else module.ascontiguous(a) for a in arrays]
-            out = getattr(target, func)(*contiguous, **params)
+            out = fn(*contiguous, **params)
         return self.wrap(out)
 
     def wrap(self, out):
@@ -220,9 +233,8 @@ def prepare(backend, **arrays) -> Call:
     """
     kinds = {name: array_kind(a) for name, a in arrays.items() if a is not None}
     first = next(iter(kinds))
-    on_host = [n for n, k in kinds.items() if k == "numpy"]
-    on_gpu = [n for n, k in kinds.items() if k != "numpy"]
-    if on_host and on_gpu:
+    on_host = ["numpy" == k for k in kinds.values()]
+    if any(on_host) and not all(on_host):
         raise TypeError(
             "cannot mix host and GPU arrays: "
             + ", ".join(f"{n} is {_type_name(arrays[n])}" for n in kinds)

@@ -56,6 +56,8 @@ def as_native(obj):
 
 
 def ascontiguous(a):
+    if a.flags.c_contiguous:  # the usual case: no call into CuPy's conversion
+        return a
     import cupy
 
     return cupy.ascontiguousarray(a)
