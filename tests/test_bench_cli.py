@@ -209,6 +209,19 @@ def test_gpu_clock_queues_behind_delay():
     assert clock.host_sample(lambda: None) >= 0
 
 
+def test_device_time_skips_the_synchronising_box_check():
+    """A GPU contestant's device samples run ``device_call``; its host samples run ``call``."""
+    log = []
+    runner = _bench.Runner("fastconv:cupy", "fc", lambda: log.append("checked"),
+                           gpu="host", device_call=lambda: log.append("unchecked"))
+    clock = _bench.GpuClock(lambda: None, _bench.HostEventTimer())
+    c = _bench.Contestant("cupy", runner, clock)
+    _bench.interleave([c], repeat=2, warmup=1)
+    # first call (checked), the delay calibration (unchecked x3), then host+device rounds
+    assert log == ["checked"] + ["unchecked"] * 3 + ["checked", "unchecked"] * 2
+    assert len(c.samples) == len(c.host_samples) == 2
+
+
 def test_first_call_subprocess():
     case = _cases.get("roi_pool_fpn")
     warm = _bench.first_call(case, "reference", size="tiny")

@@ -105,3 +105,26 @@ def test_valid_boxes_can_skip_the_check():
     # check_boxes=False skips the scan; valid boxes give the same result
     a = RA(X, BOX, 2, check_boxes=False)
     np.testing.assert_array_equal(a, RA(X, BOX, 2))
+
+
+def test_memoised_specs_still_reject_equal_values_of_the_wrong_type():
+    """The spec cache is keyed on types: 1 == True == 1.0, but only 1 is a valid stride."""
+    from fastconv import _args
+
+    good = C2(X, W, stride=1, groups=2)  # fills the cache for stride=1, (2, 2)
+    C2(X, W, stride=(2, 2), groups=2)
+    for bad, exc in [(True, TypeError), (1.0, TypeError), ((2.0, 2), TypeError),
+                     ((True, 1), TypeError), ("1", TypeError)]:
+        with pytest.raises(exc, match="stride"):
+            C2(X, W, stride=bad, groups=2)
+    # numpy integers and lists are fine (lists go round the cache), and give the same result
+    np.testing.assert_array_equal(C2(X, W, stride=np.int64(1), groups=np.int32(2)), good)
+    np.testing.assert_array_equal(C2(X, W, stride=[1, 1], groups=2), good)
+    # an error is never cached: the same bad call raises again
+    for _ in range(2):
+        with pytest.raises(ValueError, match="groups=1"):
+            C2(X, W)
+    # each call gets its own copy of the spec
+    spec = _args.conv2d_spec((1, 4, 8, 8), (6, 2, 3, 3), None, 1, 0, 1, 2)
+    spec["stride"] = "changed"
+    assert _args.conv2d_spec((1, 4, 8, 8), (6, 2, 3, 3), None, 1, 0, 1, 2)["stride"] == (1, 1)
