@@ -1,17 +1,22 @@
-"""A/B of the cupy backend's optional kernel paths against cuDNN, in one run (needs a GPU).
+"""A/B of the cupy backend's optional kernel paths against cuDNN/torchvision, in one run.
 
-    PYTHONPATH=. python3 bench/ab_cupy_variants.py [--cases ...] [--json FILE]
+    PYTHONPATH=. python3 bench/ab_cupy_variants.py [--cases ...] [--json FILE]   # needs a GPU
 
-Both paths are implemented and tested (CPU emulator, NVRTC) but off by default until a run
-of this script shows where they pay:
+Each path is implemented and tested (CPU emulator, NVRTC) but off by default until a
+run of this script shows where it pays:
 
-* ``SPLIT_K``: the conv2d implicit GEMM with its reduction split when its tiles leave the
-  GPU short of blocks (``None`` = automatic, ``1`` = off) -- conv2d and deform_conv2d cases;
-* ``TRANSPOSED_GEMM``: conv_transpose2d as one implicit GEMM per output phase instead of
-  the gathering kernel -- conv_transpose2d cases.
+* ``conv.SPLIT_K``: the conv2d implicit GEMM with its reduction split when its tiles
+  leave the GPU short of blocks (``None`` = automatic, ``1`` = off) -- conv2d and
+  deform_conv2d cases;
+* ``conv.TRANSPOSED_GEMM``: conv_transpose2d as one implicit GEMM per output phase
+  instead of the gathering kernel -- conv_transpose2d cases;
+* ``roi.ROI_BOX_GRID`` and ``roi.ROI_CB``: the RoI kernels with boxes on grid y (32-bit
+  index arithmetic) instead of one grid-stride loop, and 1, 4 or 8 channels per
+  thread -- roi_align and roi_pool cases.
 
-Per case three contestants run interleaved (the peer, the path on, the path off), device
-time from CUDA events (``fastconv._bench``); prints medians and ratios.
+Per case the peer and every arm run interleaved, device time from CUDA events
+(``fastconv._bench``; the RoI ops without the box check, as in ``fastconv bench``);
+prints medians and ratios, the first arm being the default.
 """
 
 from __future__ import annotations
@@ -21,22 +26,45 @@ import json
 
 from fastconv import _bench, _cases
 from fastconv.backends.cupy import conv as cupy_conv
+from fastconv.backends.cupy import roi as cupy_roi
 
-#: op -> (module setting, value for "on", value for "off")
+_CONV_SPLIT = [{"SPLIT_K": 1}, {"SPLIT_K": None}]
+_ROI = [{"ROI_BOX_GRID": False, "ROI_CB": None}, {"ROI_BOX_GRID": True, "ROI_CB": None},
+        {"ROI_BOX_GRID": True, "ROI_CB": 1}, {"ROI_BOX_GRID": False, "ROI_CB": 1},
+        {"ROI_BOX_GRID": True, "ROI_CB": 4}]
+#: op -> (module holding the settings, the arms: settings per contestant, default first)
 VARIANTS = {
-    "conv2d": ("SPLIT_K", None, 1),
-    "deform_conv2d": ("SPLIT_K", None, 1),
-    "conv_transpose2d": ("TRANSPOSED_GEMM", True, False),
+    "conv2d": (cupy_conv, _CONV_SPLIT),
+    "deform_conv2d": (cupy_conv, _CONV_SPLIT),
+    "conv_transpose2d": (cupy_conv, [{"TRANSPOSED_GEMM": False}, {"TRANSPOSED_GEMM": True}]),
+    "roi_align": (cupy_roi, _ROI),
+    "roi_pool": (cupy_roi, _ROI),
 }
-DEFAULT_CASES = ("dilated_aspp,dilated_small,deform_dcnv2,transposed_fcn,transposed_decoder")
+DEFAULT_CASES = ("dilated_aspp,dilated_small,deform_dcnv2,transposed_fcn,transposed_decoder,"
+                 "roi_align_fpn,roi_align_mask,roi_pool_fpn")
 
 
-def with_setting(runner, name, value):
+def arm_label(settings: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in settings.items())
+
+
+def with_settings(runner, module, settings: dict):
+    """``runner`` with ``module``'s settings set before each call (the arms interleave)."""
+    def apply():
+        for name, value in settings.items():
+            setattr(module, name, value)
+
     def call(inner=runner.call):
-        setattr(cupy_conv, name, value)
+        apply()
         return inner()
-    return _bench.Runner(runner.impl, f"{runner.label} {name}={value}", call, runner.sync,
-                         runner.gpu, runner.size)
+
+    device_call = None
+    if runner.device_call is not None:
+        def device_call(inner=runner.device_call):
+            apply()
+            return inner()
+    return _bench.Runner(runner.impl, f"{runner.label} {arm_label(settings)}", call, runner.sync,
+                         runner.gpu, runner.size, device_call=device_call)
 
 
 def main():
@@ -45,18 +73,19 @@ def main():
     p.add_argument("--repeat", type=int, default=15)
     p.add_argument("--json", default=None)
     args = p.parse_args()
-    defaults = {name: getattr(cupy_conv, name) for name, _, _ in VARIANTS.values()}
+    defaults = {(m, name): getattr(m, name)
+                for m, arms in VARIANTS.values() for arm in arms for name in arm}
     env = _bench.GpuEnv.real()
     rows = {}
     try:
         for case_name in args.cases.split(","):
             case = _cases.get(case_name)
-            name, on, off = VARIANTS[case.op]
+            module, arms = VARIANTS[case.op]
             inputs = case.inputs("full", 0)
             peer = _bench.make_runner(case, "torch:cuda", inputs=inputs)
             fc = _bench.make_runner(case, "fastconv:cupy", inputs=inputs)
-            runners = {"peer": peer, "on": with_setting(fc, name, on),
-                       "off": with_setting(fc, name, off)}
+            runners = {"peer": peer}
+            runners.update({arm_label(arm): with_settings(fc, module, arm) for arm in arms})
             cs = [_bench.Contestant(k, r, _bench.GpuClock(r.sync, env.timer(r.gpu), env.delay))
                   for k, r in runners.items()]
             _bench.interleave(cs, args.repeat, 3)
@@ -64,17 +93,18 @@ def main():
             errors = {c.key: c.error for c in cs if c.error}
             err = {c.key: _bench.max_rel_err(c.output, cs[0].output)
                    for c in cs[1:] if c.output is not None and cs[0].output is not None}
-            rows[case_name] = {"setting": name, "on": on, "off": off, "ms": ms,
+            rows[case_name] = {"arms": [arm_label(a) for a in arms], "ms": ms,
+                               "ratio": {k: v / ms["peer"] for k, v in ms.items()
+                                         if v is not None and ms["peer"]},
                                "max_rel_err": err, "errors": errors}
-            if None in ms.values():
-                print(case_name, ms, errors, flush=True)
-                continue
-            print(f"{case_name:18s} {name}: peer {ms['peer']:.4f} ms | on {ms['on']:.4f} ms "
-                  f"(ratio {ms['on'] / ms['peer']:.2f}) | off {ms['off']:.4f} ms "
-                  f"(ratio {ms['off'] / ms['peer']:.2f}) | err {err}", flush=True)
+            print(f"{case_name}: peer {ms['peer']} ms", flush=True)
+            for k in rows[case_name]["arms"]:
+                ratio = rows[case_name]["ratio"].get(k)
+                print(f"    {k:40s} {ms.get(k)} ms  ratio {ratio}  err {err.get(k)}"
+                      f"  {errors.get(k, '')}", flush=True)
     finally:
-        for name, value in defaults.items():
-            setattr(cupy_conv, name, value)
+        for (module, name), value in defaults.items():
+            setattr(module, name, value)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

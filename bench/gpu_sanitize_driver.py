@@ -25,6 +25,7 @@ import numpy as np
 import fastconv
 from fastconv import _dispatch, _random_cases, reference
 from fastconv.backends.cupy import conv as cupy_conv
+from fastconv.backends.cupy import roi as cupy_roi
 
 
 def configs(rng):
@@ -108,22 +109,25 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             cases = configs(np.random.default_rng(0))
             if backend == "cupy":  # the optional paths, forced: split-K (conv_sum_splits) on
-                # the first GEMM case, the phase GEMM on the first transposed case
-                cases.append(cases[0] + ({"SPLIT_K": 3},))
+                # the first GEMM case, the phase GEMM on the first transposed case, the RoI
+                # kernels with boxes on grid y on every RoI case
+                cases.append(cases[0] + ((cupy_conv, {"SPLIT_K": 3}),))
                 convt = next(c for c in cases if c[0] == "conv_transpose2d")
-                cases.append(convt + ({"TRANSPOSED_GEMM": True},))
+                cases.append(convt + ((cupy_conv, {"TRANSPOSED_GEMM": True}),))
+                cases += [c + ((cupy_roi, {"ROI_BOX_GRID": True}),)
+                          for c in cases if c[0] in ("roi_align", "roi_pool")]
             for op, arrays, params, *settings in cases:
                 host = {k: None if v is None else np.asarray(v, dtype) for k, v in arrays.items()}
                 dev = {k: to_device(v, backend) for k, v in host.items()}
-                forced = settings[0] if settings else {}
-                defaults = {key: getattr(cupy_conv, key) for key in forced}
+                module, forced = settings[0] if settings else (None, {})
+                defaults = {key: getattr(module, key) for key in forced}
                 for key, value in forced.items():
-                    setattr(cupy_conv, key, value)
+                    setattr(module, key, value)
                 try:
                     out = _random_cases.to_host(getattr(fastconv, op)(**dev, **params))
                 finally:
                     for key, value in defaults.items():
-                        setattr(cupy_conv, key, value)
+                        setattr(module, key, value)
                 ref = getattr(reference, op)(**host, **params)
                 err = _random_cases.relative_error(out, ref)
                 if err > tol:

@@ -45,8 +45,10 @@ def planned_launches() -> dict[str, list[dict]]:
     for case in _cases.select("all"):
         recorded.clear()
         case.inputs("full").call_fastconv(backend=emulator.NAME)
-        plans[case.name] = [{"kernel": name, "grid": int(grid), "dynamic_smem_bytes": int(smem)}
-                            for name, grid, _block, smem, _args in recorded]
+        plans[case.name] = [
+            {"kernel": name, "grid": list(grid) if isinstance(grid, tuple) else int(grid),
+             "dynamic_smem_bytes": int(smem)}
+            for name, grid, _block, smem, _args in recorded]
     return plans
 
 

@@ -75,17 +75,21 @@ def _may_spill(name: str) -> bool:
     ``conv2d_direct`` (grouped convolutions; grouped_resnext runs ``<float, 8>``)
     and ``conv_transpose2d_direct`` with fewer than 16 output channels per thread
     spill 4-84 bytes at 40-80 registers -- not a register shortage, and the same
-    code with 32-bit index divisions still spills; ``roi_align<double, 8>`` spills
-    40 bytes on sm_90.  Whether any of it costs time needs a GPU profile.  All the
-    other kernels -- GEMM, depthwise, deformable, RoI, resampling, and the
-    16-channel transposed kernel of transposed_fcn/_decoder -- must stay spill-free.
+    code with 32-bit index divisions still spills; ``roi_align<double, 8, false>``
+    spills 40 bytes on sm_90.  The RoI kernels' boxes-on-grid-y form (``BOX_GRID`` true,
+    off by default until measured) spills 4-24 bytes in a few instantiations at 32-80
+    registers.  Whether any of it costs time needs a GPU profile.  All the other
+    kernels -- GEMM, depthwise, deformable, the default RoI kernels, resampling, and
+    the 16-channel transposed kernel of transposed_fcn/_decoder -- must stay spill-free.
     """
     base, _, params = name.partition("<")
     if base == "fc::conv2d_direct":
         return True
     if base == "fc::conv_transpose2d_direct":
         return int(params.rstrip(">").split(", ")[1]) < 16
-    return name == "fc::roi_align<double, 8>"
+    if base in ("fc::roi_align", "fc::roi_pool") and params.endswith(", true>"):
+        return True
+    return name == "fc::roi_align<double, 8, false>"
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -113,12 +117,13 @@ def test_every_launcher_kernel_is_registered():
             assert _module.expr("conv2d_direct", ctype, kb) in registered
             assert _module.expr("conv_transpose2d_direct", ctype, kb) in registered
         for cb in _module.ROI_CB:
-            assert _module.expr("roi_align", ctype, cb) in registered
-            assert _module.expr("roi_pool", ctype, cb) in registered
+            for box_grid in (False, True):
+                assert _module.expr("roi_align", ctype, cb, box_grid) in registered
+                assert _module.expr("roi_pool", ctype, cb, box_grid) in registered
         assert _module.expr("conv2d_depthwise_direct", ctype) in registered
         assert _module.expr("deform_im2col", ctype) in registered
     # the spelling libcufilt demangles to (", " between template arguments; cupy#10173)
-    assert _module.expr("roi_align", "float", 8) == "fc::roi_align<float, 8>"
+    assert _module.expr("roi_align", "float", 8, True) == "fc::roi_align<float, 8, true>"
 
 
 def test_plans_use_registered_kernels(monkeypatch):
@@ -170,14 +175,19 @@ def test_plans_use_registered_kernels(monkeypatch):
                                                Arr((2, 8, 70, 70), dt), (8, 8), (4, 4), (1, 1),
                                                1, 100)
         monkeypatch.setattr(conv, "TRANSPOSED_GEMM", False)
-        for c in (1, 5, 16):
-            x = Arr((2, c, 9, 9), dt)
-            out = Arr((7, c, 3, 2), dt)
-            launches += roi.plan_roi_align(x, Arr((7, 5), dt), out, 0.5, -1, True, 100)
-            launches += roi.plan_roi_pool(x, Arr((7, 5), dt), out, 0.5, 100)
+        for box_grid in (False, True):
+            monkeypatch.setattr(roi, "ROI_BOX_GRID", box_grid)
+            for c in (1, 5, 16):
+                x = Arr((2, c, 9, 9), dt)
+                out = Arr((7, c, 3, 2), dt)
+                launches += roi.plan_roi_align(x, Arr((7, 5), dt), out, 0.5, -1, True, 100)
+                launches += roi.plan_roi_pool(x, Arr((7, 5), dt), out, 0.5, 100)
     used = set()
     for name, grid, block, smem, args in launches:
         assert name in registered, name
+        if isinstance(grid, tuple):  # (x, y): y over the RoI kernels' boxes
+            assert name.endswith(", true>") and grid[1] == 7, (name, grid)
+            grid = grid[0]
         assert 1 <= grid <= 100 and block == 256 and 0 <= smem <= 48 * 1024
         for a in args:
             assert isinstance(a, (Arr, np.int32, np.int64, np.float32, np.float64)), (name, a)

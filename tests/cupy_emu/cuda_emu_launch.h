@@ -11,7 +11,8 @@ namespace fcemu {
 
 // Runs body() once per (block, thread) of a 1-D launch; 0 on success, else an error code
 // with the message in last_error().
-int run_grid(unsigned grid, unsigned block, std::size_t smem, const std::function<void()>& body);
+int run_grid(unsigned grid_x, unsigned grid_y, unsigned block, std::size_t smem,
+             const std::function<void()>& body);
 void set_error(const std::string& message);
 
 // The type code of one kernel parameter: "f4", "f8", "f2", "i4", "i8", with "*" for pointers.
@@ -45,8 +46,8 @@ std::string signature() {
 // Launch kernel k with the CUDA-style argument array `args` (args[i] points at the i-th
 // argument's value) after checking the caller's type codes against k's parameters.
 template <typename... P>
-int launch(void (*k)(P...), const char* arg_codes, unsigned grid, unsigned block,
-           std::size_t smem, void** args) {
+int launch(void (*k)(P...), const char* arg_codes, unsigned grid_x, unsigned grid_y,
+           unsigned block, std::size_t smem, void** args) {
     const std::string want = signature<P...>();
     if (want != arg_codes) {
         set_error("kernel parameters are (" + want + ") but the launch passed (" +
@@ -56,7 +57,7 @@ int launch(void (*k)(P...), const char* arg_codes, unsigned grid, unsigned block
     auto body = [&]<std::size_t... I>(std::index_sequence<I...>) {
         k(*static_cast<std::remove_cv_t<P>*>(args[I])...);
     };
-    return run_grid(grid, block, smem, [&] { body(std::index_sequence_for<P...>{}); });
+    return run_grid(grid_x, grid_y, block, smem, [&] { body(std::index_sequence_for<P...>{}); });
 }
 
 }  // namespace fcemu

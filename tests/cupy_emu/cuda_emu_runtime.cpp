@@ -126,11 +126,12 @@ void syncthreads() { current_barrier->arrive(SYNCTHREADS); }
 
 unsigned char* dynamic_smem() { return current_smem; }
 
-int run_grid(unsigned grid, unsigned block, std::size_t smem, const std::function<void()>& body) {
+int run_grid(unsigned grid_x, unsigned grid_y, unsigned block, std::size_t smem,
+             const std::function<void()>& body) {
     std::lock_guard<std::mutex> guard(launch_mutex);
-    if (grid == 0 || block == 0 || block > 1024) {
-        set_error("bad launch configuration: grid " + std::to_string(grid) + ", block " +
-                  std::to_string(block));
+    if (grid_x == 0 || grid_y == 0 || grid_y > 65535 || block == 0 || block > 1024) {
+        set_error("bad launch configuration: grid " + std::to_string(grid_x) + " x " +
+                  std::to_string(grid_y) + ", block " + std::to_string(block));
         return 3;
     }
     if (smem > 227 * 1024) {
@@ -142,13 +143,14 @@ int run_grid(unsigned grid, unsigned block, std::size_t smem, const std::functio
     unsigned char* buffer = static_cast<unsigned char*>(std::malloc(smem ? smem : 1));
     current_barrier = &barrier;
     current_smem = smem ? buffer : nullptr;
-    grid_dim = uint3{grid, 1, 1};
+    grid_dim = uint3{grid_x, grid_y, 1};
+    const unsigned long long blocks = (unsigned long long)grid_x * grid_y;
     block_dim = uint3{block, 1, 1};
 
     pool().run(block, [&](unsigned t) {
         thread_idx = uint3{t, 0, 0};
-        for (unsigned b = 0; b < grid && !barrier.diverged(); ++b) {
-            block_idx = uint3{b, 0, 0};
+        for (unsigned long long b = 0; b < blocks && !barrier.diverged(); ++b) {
+            block_idx = uint3{unsigned(b % grid_x), unsigned(b / grid_x), 0};
             if (t == 0 && smem) std::memset(buffer, 0xFF, smem);  // NaN in every float type
             barrier.arrive(BLOCK_START);
             body();

@@ -9,6 +9,7 @@ things for CPU stand-ins and registers the result as the backend
   compiled by g++ with ``cuda_emu.h`` force-included (one OS thread per CUDA
   thread, checked ``__syncthreads``, see that header), with a small glue
   function per file that launches any registered name expression by index;
+* grids may be 1-D or 2-D (blocks are 1-D);
 * a kernel call checks its arguments the way the GPU cannot: arrays must be
   C-contiguous and of the parameter's element type, scalars must be numpy
   scalars of exactly the parameter's type (``np.int32`` for ``int``...), the
@@ -92,13 +93,14 @@ def compiler() -> str | None:
 
 def _glue(file: str, exprs: tuple[str, ...]) -> str:
     cases = "\n".join(
-        f"    case {i}: return fcemu::launch(&{e}, codes, grid, block, smem, args);"
+        f"    case {i}: return fcemu::launch(&{e}, codes, grid_x, grid_y, block, smem, args);"
         for i, e in enumerate(exprs)
     )
     return f"""
 #include "cuda_emu_launch.h"
-extern "C" int fcemu_launch_{_symbol(file)}(int index, const char* codes, unsigned grid,
-                                          unsigned block, std::size_t smem, void** args) {{
+extern "C" int fcemu_launch_{_symbol(file)}(int index, const char* codes, unsigned grid_x,
+                                          unsigned grid_y, unsigned block, std::size_t smem,
+                                          void** args) {{
   switch (index) {{
 {cases}
   }}
@@ -190,15 +192,17 @@ class EmulatedKernel:
         self._fn = getattr(lib, f"fcemu_launch_{_symbol(file)}")
         self._fn.restype = ctypes.c_int
         self._fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint,
-                             ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p)]
+                             ctypes.c_uint, ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p)]
         self._error = lib.fcemu_last_error
         self._error.restype = ctypes.c_char_p
         self.index = index
         self.name = name
 
     def __call__(self, grid, block, args, shared_mem=0):
-        if len(grid) != 1 or len(block) != 1:
-            raise ValueError(f"{self.name}: the kernels are 1-D, launched with {grid} x {block}")
+        if len(grid) not in (1, 2) or len(block) != 1:
+            raise ValueError(f"{self.name}: the kernels use 1-D blocks and 1-D or 2-D grids, "
+                             f"launched with {grid} x {block}")
+        grid_x, grid_y = (tuple(grid) + (1,))[:2]
         codes, holders = [], []
         for i, a in enumerate(args):
             if isinstance(a, np.ndarray):
@@ -218,8 +222,8 @@ class EmulatedKernel:
                                 "not a numpy scalar of the parameter's type")
         argv = (ctypes.c_void_p * max(1, len(holders)))(
             *[ctypes.cast(ctypes.pointer(h), ctypes.c_void_p) for h in holders])
-        rc = self._fn(self.index, ("".join(c + "," for c in codes)).encode(), int(grid[0]),
-                      int(block[0]), int(shared_mem), argv)
+        rc = self._fn(self.index, ("".join(c + "," for c in codes)).encode(), int(grid_x),
+                      int(grid_y), int(block[0]), int(shared_mem), argv)
         if rc:
             raise RuntimeError(f"{self.name}: {self._error().decode()}")
         LAUNCHED[self.name] = LAUNCHED.get(self.name, 0) + 1

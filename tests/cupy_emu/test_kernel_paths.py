@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 import fastconv
 from fastconv import _random_cases, image, reference
 from fastconv.backends.cupy import conv as cupy_conv
+from fastconv.backends.cupy import roi as cupy_roi
 
 BACKEND = emulator.NAME
 DTYPES = ["float16", "float32", "float64"]
@@ -125,19 +126,30 @@ def test_every_instantiation_matches_oracle(dtype):
         err = _random_cases.relative_error(out, ref)
         assert err <= tol, f"{label} ({dtype}): relative error {err:.3g} > {tol:g}"
     # the paths that are off by default, forced: split-K (conv_sum_splits; automatic on a
-    # GPU with few tiles) and the phase GEMM for conv_transpose2d (FCN-like: kernel 2x stride)
-    for label, setting, value, make in [
-        ("conv2d_gemm split 3 ways", "SPLIT_K", 3, _conv(2, 20, 70, (3, 3), padding=1)),
-        ("conv_transpose2d_gemm", "TRANSPOSED_GEMM", True,
+    # GPU with few tiles), the phase GEMM for conv_transpose2d (FCN-like: kernel 2x stride)
+    # and the RoI kernels with boxes on grid y (7 boxes over a grid y of 3: it strides)
+    roi_box_grid = [
+        (f"{op} CB={cb} boxes on grid y", [(cupy_roi, "ROI_BOX_GRID", True),
+                                           (cupy_roi, "ROI_CB", cb)], _roi(op, c, **kw))
+        for op, kw in [("roi_align", dict(sampling_ratio=-1, aligned=False)), ("roi_pool", {})]
+        for cb, c in [(1, 3), (4, 6), (8, 13)]
+    ]
+    for label, settings_, make in [
+        ("conv2d_gemm split 3 ways", [(cupy_conv, "SPLIT_K", 3)],
+         _conv(2, 20, 70, (3, 3), padding=1)),
+        ("conv_transpose2d_gemm", [(cupy_conv, "TRANSPOSED_GEMM", True)],
          _convt(6, 70, (6, 6), stride=3, padding=1)),
+        *roi_box_grid,
     ]:
         op, arrays, params = make(rng, dtype)
-        old = getattr(cupy_conv, setting)
-        setattr(cupy_conv, setting, value)
+        old = [(m, name, getattr(m, name)) for m, name, _ in settings_]
+        for m, name, value in settings_:
+            setattr(m, name, value)
         try:
             out = getattr(fastconv, op)(**arrays, **params, backend=BACKEND)
         finally:
-            setattr(cupy_conv, setting, old)
+            for m, name, value in old:
+                setattr(m, name, value)
         err = _random_cases.relative_error(out, getattr(reference, op)(**arrays, **params))
         assert err <= tol, f"{label} ({dtype}): relative error {err:.3g} > {tol:g}"
     if dtype != np.float16:  # the image functions compute in float32/float64
@@ -228,7 +240,7 @@ def test_split_k_choice(tiles, r, sms, expected):
 
 def test_python_scalars_are_refused():
     """CuPy would pass a Python int as a 64-bit integer to an ``int`` parameter: never allowed."""
-    k = emulator.kernel("fc::roi_pool<float, 1>")
+    k = emulator.kernel("fc::roi_pool<float, 1, false>")
     x = np.zeros((1, 1, 2, 2), np.float32)
     rois = np.zeros((1, 5), np.float32)
     out = np.zeros((1, 1, 1, 1), np.float32)
@@ -238,7 +250,7 @@ def test_python_scalars_are_refused():
 
 
 def test_argument_types_are_checked_against_the_kernel():
-    k = emulator.kernel("fc::roi_pool<float, 1>")
+    k = emulator.kernel("fc::roi_pool<float, 1, false>")
     x = np.zeros((1, 1, 2, 2), np.float32)
     rois = np.zeros((1, 5), np.float64)  # double boxes for a float kernel
     out = np.zeros((1, 1, 1, 1), np.float32)

@@ -40,6 +40,9 @@ DEPTHWISE_KSZ = (0, 3, 5)
 DIRECT_KB = (1, 2, 4, 8, 16)
 #: channels per thread of roi_align / roi_pool
 ROI_CB = (1, 4, 8)
+#: how roi_align / roi_pool hand out work (roi.cu's BOX_GRID): one grid-stride loop, or
+#: boxes on grid y
+ROI_BOX_GRID = (False, True)
 
 #: the resampling kernels of the image toolkit (``resample.py`` launches them)
 RESAMPLE_KERNELS = ("resample_gather", "resample_lerp", "resample_filter_h", "resample_filter_w")
@@ -53,9 +56,10 @@ ALL_FILES = FILES + ("resample.cu",)
 OPTIONS = ("-std=c++17",)
 
 
-def expr(kernel: str, ctype: str, *params: int) -> str:
+def expr(kernel: str, ctype: str, *params: int | bool) -> str:
     """The name expression of one instantiation, spelled as the demangler spells it."""
-    return "fc::" + kernel + "<" + ", ".join([ctype, *map(str, params)]) + ">"
+    spelled = [("true" if p else "false") if isinstance(p, bool) else str(p) for p in params]
+    return "fc::" + kernel + "<" + ", ".join([ctype, *spelled]) + ">"
 
 
 def name_expressions(file: str, ctype: str) -> tuple[str, ...]:
@@ -74,8 +78,8 @@ def name_expressions(file: str, ctype: str) -> tuple[str, ...]:
         return (expr("deform_im2col", ctype),)
     if file == "roi.cu":
         return (
-            *(expr("roi_align", ctype, cb) for cb in ROI_CB),
-            *(expr("roi_pool", ctype, cb) for cb in ROI_CB),
+            *(expr("roi_align", ctype, cb, g) for cb in ROI_CB for g in ROI_BOX_GRID),
+            *(expr("roi_pool", ctype, cb, g) for cb in ROI_CB for g in ROI_BOX_GRID),
         )
     if file == "resample.cu":
         return tuple(expr(k, ctype) for k in RESAMPLE_KERNELS)
@@ -207,13 +211,16 @@ def placeholder(dtype, empty=None):
 
 
 def run(launches) -> None:
-    """Launch ``(name, grid, block, shared_mem, args)`` tuples in order on CuPy's current stream."""
+    """Launch ``(name, grid, block, shared_mem, args)`` tuples in order on CuPy's current stream.
+
+    ``grid`` is a block count, or ``(x, y)`` for a 2-D grid; blocks are 1-D.
+    """
     device = cupy().cuda.runtime.getDevice()
     for name, grid, block, smem, args in launches:
         k = _kernels.get((device, name))
         if k is None:
             k = _load(device, name)
-        k((grid,), (block,), args, shared_mem=smem)
+        k(grid if type(grid) is tuple else (grid,), (block,), args, shared_mem=smem)
 
 
 def warm_up(dtypes=None) -> None:

@@ -4,6 +4,11 @@ One thread per (box, chunk of CB channels, output bin); the box geometry and the
 bilinear taps (roi_align) or bin limits (roi_pool) are computed once per thread
 and reused for its CB channels.  ``rois`` is ``(K, 5)`` in the input's dtype,
 already checked by the public wrapper.
+
+Two settings, both measured against torchvision by ``bench/ab_cupy_variants.py``
+before a default changes: :data:`ROI_CB` (channels per thread) and
+:data:`ROI_BOX_GRID` (boxes on grid y with 32-bit index arithmetic, instead of one
+grid-stride loop over every output split by 64-bit divisions).
 """
 
 from __future__ import annotations
@@ -18,8 +23,19 @@ from .conv import BLOCK, _grid
 
 _I32 = np.int32
 
+#: channels per thread: None picks 8, 4 or 1 by the channel count; 1, 4 or 8 forces it
+ROI_CB: int | None = None
+#: boxes on grid y (``roi.cu``'s BOX_GRID).  Off until a GPU run of
+#: ``bench/ab_cupy_variants.py`` shows that it pays (the H100 run of 2026-11-22 timed the
+#: grid-stride form only, and with the box check's sync inside the timed window)
+ROI_BOX_GRID = False
+#: grid y limit of CUDA
+_MAX_GRID_Y = 65535
 
-def _cb(c: int) -> int:
+
+def _cb(c: int, forced: int | None = None) -> int:
+    if forced is not None:
+        return forced
     return 8 if c >= 8 else 4 if c >= 4 else 1
 
 
@@ -29,28 +45,39 @@ def _scale(dtype, spatial_scale):
 
 def plan_roi_align(x, rois, out, spatial_scale, sampling_ratio, aligned, max_blocks):
     name, grid, scalars = _roi_config(
-        "roi_align", x.shape, out.shape, x.dtype.char, max_blocks, spatial_scale,
-        int(sampling_ratio), bool(aligned))
+        "roi_align", x.shape, out.shape, x.dtype.char, max_blocks, ROI_CB, ROI_BOX_GRID,
+        spatial_scale, int(sampling_ratio), bool(aligned))
     return [(name, grid, BLOCK, 0, (x, rois, out) + scalars)]
 
 
 def plan_roi_pool(x, rois, out, spatial_scale, max_blocks):
     name, grid, scalars = _roi_config(
-        "roi_pool", x.shape, out.shape, x.dtype.char, max_blocks, spatial_scale)
+        "roi_pool", x.shape, out.shape, x.dtype.char, max_blocks, ROI_CB, ROI_BOX_GRID,
+        spatial_scale)
     return [(name, grid, BLOCK, 0, (x, rois, out) + scalars)]
 
 
 @functools.lru_cache(maxsize=4096)
-def _roi_config(kernel, xshape, oshape, dchar, max_blocks, spatial_scale, *extra):
-    """``(kernel name, grid, scalar args)``, memoised on shapes and parameters."""
+def _roi_config(kernel, xshape, oshape, dchar, max_blocks, cb, box_grid, spatial_scale, *extra):
+    """``(kernel name, grid, scalar args)``, memoised on shapes and parameters.
+
+    ``cb`` and ``box_grid`` are :data:`ROI_CB` and :data:`ROI_BOX_GRID`.
+    """
     N, C, H, W = xshape
     K, _, PH, PW = oshape
     dtype = np.dtype(dchar)
-    cb = _cb(C)
+    cb = _cb(C, cb)
     scalars = (_I32(K), _I32(C), _I32(H), _I32(W), _I32(PH), _I32(PW),
                _scale(dtype, spatial_scale)) + tuple(_I32(v) for v in extra)
-    total = K * -(-C // cb) * PH * PW
-    return expr(kernel, CTYPES[dtype], cb), _grid(-(-total // BLOCK), max_blocks), scalars
+    per_box = -(-C // cb) * PH * PW
+    box_grid = bool(box_grid) and per_box < 2**31  # the kernel's 32-bit index inside a box
+    name = expr(kernel, CTYPES[dtype], cb, box_grid)
+    if box_grid:
+        # x: the blocks of one box's items (all of them: no grid-stride loop in x);
+        # y: boxes, striding when there are more than the cap
+        grid = (-(-per_box // BLOCK), max(1, min(K, _MAX_GRID_Y, max_blocks)))
+        return name, grid, scalars
+    return name, _grid(-(-K * per_box // BLOCK), max_blocks), scalars
 
 
 def roi_align(x, rois, *, output_size, spatial_scale, sampling_ratio, aligned):

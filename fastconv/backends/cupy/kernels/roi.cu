@@ -5,6 +5,14 @@
 // sample position / bin limit once and applies it to its CB channels, which keeps
 // CB independent loads in flight per sample.
 //
+// Two ways to hand out that work, chosen by the template flag BOX_GRID
+// (for_each_roi_item):
+//   false: one grid-stride loop over all K * ceil(C/CB) * PH * PW items, split by
+//          64-bit divisions;
+//   true:  blocks on grid y stride over the boxes, and grid x covers one box's
+//          ceil(C/CB) * PH * PW items with 32-bit index arithmetic; every thread of
+//          a block reads the same box row (a broadcast).
+//
 // Box geometry is computed in Acc<T> (the input's precision; float for __half),
 // in torchvision's order of operations, with multiplies and adds that are never
 // contracted into FMAs (mul_rn/add_rn), because it decides discrete things
@@ -14,7 +22,34 @@
 
 namespace fc {
 
-template <typename T, int CB>
+// Calls body(k, cc, ph, pw) for each work item (box k, channel chunk cc, bin ph, bin pw)
+// of this thread.
+template <bool BOX_GRID, typename F>
+__device__ __forceinline__ void for_each_roi_item(int K, int nCC, int PH, int PW, F&& body) {
+    if constexpr (BOX_GRID) {
+        // one box's items fit in 31 bits (the launcher checks): 32-bit divisions only
+        const int i = blockIdx.x * blockDim.x + threadIdx.x;
+        if (i >= nCC * PH * PW) return;
+#pragma unroll 1
+        for (int k = blockIdx.y; k < K; k += gridDim.y) {
+            // split inside the loop: one live value (i) across boxes instead of three
+            const int pw = i % PW, rest = i / PW;
+            body((i64)k, rest / PH, rest % PH, pw);
+        }
+    } else {
+        const i64 total = (i64)K * nCC * PH * PW;
+        for (i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+             idx += (i64)gridDim.x * blockDim.x) {
+            const int pw = (int)(idx % PW);
+            i64 rest = idx / PW;
+            const int ph = (int)(rest % PH);
+            rest /= PH;
+            body(rest / nCC, (int)(rest % nCC), ph, pw);
+        }
+    }
+}
+
+template <typename T, int CB, bool BOX_GRID>
 __global__ void __launch_bounds__(256)
 roi_align(const T* __restrict__ x, const T* __restrict__ rois, T* __restrict__ out, int K,
           int C, int H, int W, int PH, int PW, typename Acc<T>::type spatial_scale,
@@ -22,15 +57,8 @@ roi_align(const T* __restrict__ x, const T* __restrict__ rois, T* __restrict__ o
     typedef typename Acc<T>::type A;
     const int nCC = (C + CB - 1) / CB;
     const i64 HW = (i64)H * W;
-    const i64 total = (i64)K * nCC * PH * PW;
-    for (i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
-         idx += (i64)gridDim.x * blockDim.x) {
-        const int pw = (int)(idx % PW);
-        i64 rest = idx / PW;
-        const int ph = (int)(rest % PH);
-        rest /= PH;
-        const int cc = (int)(rest % nCC);
-        const i64 k = rest / nCC;
+    for_each_roi_item<BOX_GRID>(K, nCC, PH, PW, [&](const i64 k, const int cc, const int ph,
+                                                  const int pw) {
         const int c0 = cc * CB;
 
         const T* roi = rois + k * 5;
@@ -72,25 +100,18 @@ roi_align(const T* __restrict__ x, const T* __restrict__ rois, T* __restrict__ o
 #pragma unroll
         for (int cb = 0; cb < CB; ++cb)
             if (CB == 1 || c0 + cb < C) ob[(i64)cb * PH * PW] = from_acc<T>(acc[cb] / count);
-    }
+    });
 }
 
-template <typename T, int CB>
+template <typename T, int CB, bool BOX_GRID>
 __global__ void __launch_bounds__(256)
 roi_pool(const T* __restrict__ x, const T* __restrict__ rois, T* __restrict__ out, int K, int C,
          int H, int W, int PH, int PW, typename Acc<T>::type spatial_scale) {
     typedef typename Acc<T>::type A;
     const int nCC = (C + CB - 1) / CB;
     const i64 HW = (i64)H * W;
-    const i64 total = (i64)K * nCC * PH * PW;
-    for (i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
-         idx += (i64)gridDim.x * blockDim.x) {
-        const int pw = (int)(idx % PW);
-        i64 rest = idx / PW;
-        const int ph = (int)(rest % PH);
-        rest /= PH;
-        const int cc = (int)(rest % nCC);
-        const i64 k = rest / nCC;
+    for_each_roi_item<BOX_GRID>(K, nCC, PH, PW, [&](const i64 k, const int cc, const int ph,
+                                                  const int pw) {
         const int c0 = cc * CB;
 
         const T* roi = rois + k * 5;
@@ -130,7 +151,7 @@ roi_pool(const T* __restrict__ x, const T* __restrict__ rois, T* __restrict__ ou
 #pragma unroll
         for (int cb = 0; cb < CB; ++cb)
             if (CB == 1 || c0 + cb < C) ob[(i64)cb * PH * PW] = from_acc<T>(best[cb]);
-    }
+    });
 }
 
 }  // namespace fc
