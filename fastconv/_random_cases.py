@@ -171,6 +171,24 @@ def roi_pool_case(pick, rng, dtype) -> Case:
     return Case("roi_pool", dict(input=x, boxes=boxes), dict(output_size=out, spatial_scale=scale))
 
 
+def boxes_with_every_defect(rng, dtype, batch: int, good: int = 300):
+    """``(K, 5)`` boxes: ``good`` valid rows (more than one 256-thread block of the GPU box
+    check) with every kind of bad row mixed in, and the number of bad rows, counted by NumPy."""
+    rows = np.concatenate([rng.integers(0, batch, (good, 1)), rng.uniform(-5, 40, (good, 4))],
+                          axis=1)
+    bad = [[0, np.nan, 1, 2, 3], [1, 0, np.inf, 2, 3], [0, 0, 1, -np.inf, 3],
+           [0.5, 0, 1, 2, 3], [-1, 0, 1, 2, 3], [batch, 0, 1, 2, 3], [np.nan, 0, 1, 2, 3],
+           [np.inf, 0, 1, 2, 3], [-np.inf, 0, 1, 2, 3], [1e30, 0, 1, 2, 3]]
+    with np.errstate(over="ignore"):  # 1e30 is inf in float16: still a bad row
+        rows = np.concatenate([rows, np.array(bad)]).astype(dtype)
+    rows = rows[rng.permutation(len(rows))]
+    coords_ok = np.isfinite(rows[:, 1:].astype(np.float64)).all(axis=1)
+    idx = rows[:, 0].astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        idx_ok = np.isfinite(idx) & (idx == np.floor(idx)) & (idx >= 0) & (idx < batch)
+    return rows, int((~(coords_ok & idx_ok)).sum())
+
+
 GENERATORS = {
     "conv2d": conv2d_case,
     "conv_transpose2d": conv_transpose2d_case,

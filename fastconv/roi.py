@@ -50,8 +50,10 @@ def roi_align(
     aligned : bool, default False
     check_boxes : bool, default True, keyword-only
         Check that the coordinates are finite and the batch indices are
-        integers in ``[0, N)``. On a GPU this costs one small copy to the host
-        and a sync; pass False only if the boxes are known to be valid.
+        integers in ``[0, N)``. On a GPU, boxes in the input's dtype are
+        checked there by one small kernel, whose 4-byte answer is copied back
+        (a sync); other boxes are checked on the host. Pass False only if the
+        boxes are known to be valid.
     backend : str, optional, keyword-only
 
     Returns

@@ -382,6 +382,37 @@ def test_plumbing():
         backend.as_native(np.ones(3))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_box_check_on_the_device(dtype, monkeypatch):
+    """count_bad_boxes agrees with NumPy; the public call checks device boxes on the device
+    and raises the host path's errors."""
+    import fastconv
+    from fastconv import _random_cases as rc
+
+    checks = []
+    real = backend.count_bad_boxes
+    monkeypatch.setattr(backend, "count_bad_boxes", lambda *a: checks.append(a) or real(*a))
+    rng = np.random.default_rng(5)
+    boxes, n_bad = rc.boxes_with_every_defect(rng, dtype, batch=3)
+    assert n_bad == 10
+    assert backend.count_bad_boxes(cuda.to_device(boxes), 3) == n_bad
+    assert backend.count_bad_boxes(cuda.to_device(boxes[:0]), 3) == 0
+    checks.clear()
+    x = data(rng, (3, 2, 6, 7), dtype)
+    good = boxes[np.isfinite(boxes).all(axis=1) & (boxes[:, 0] == np.floor(boxes[:, 0]))
+                 & (boxes[:, 0] >= 0) & (boxes[:, 0] < 3)][:20]
+    got = fastconv.roi_align(cuda.to_device(x), cuda.to_device(good), 2, 0.5).copy_to_host()
+    np.testing.assert_allclose(got, fastconv.roi_align(x, good, 2, 0.5, backend="cpu"),
+                               rtol=TOL[dtype], atol=TOL[dtype])
+    assert len(checks) == 1  # the good boxes were checked on the device
+    for row, message in [([0, 1, np.nan, 2, 3], "boxes must be finite, row 1"),
+                         ([3, 1, 1, 2, 3], r"batch index must be an integer in \[0, 3\), row 1")]:
+        bad = np.array([good[0], row], dtype)
+        with pytest.raises(ValueError, match=message):
+            fastconv.roi_pool(cuda.to_device(x), cuda.to_device(bad), 2)
+    assert len(checks) == 3
+
+
 # ------------------------------------------------------------------------ random configurations
 
 N_RANDOM = 25

@@ -152,6 +152,11 @@ def test_every_instantiation_matches_oracle(dtype):
                 setattr(m, name, value)
         err = _random_cases.relative_error(out, getattr(reference, op)(**arrays, **params))
         assert err <= tol, f"{label} ({dtype}): relative error {err:.3g} > {tol:g}"
+    # the GPU box check of check_boxes=True (the emulated backend's boxes live on the
+    # host, so the public call takes the host path: run the kernel directly)
+    boxes, n_bad = _random_cases.boxes_with_every_defect(rng, dtype, batch=3)
+    assert cupy_roi.count_bad_boxes(boxes, 3) == n_bad > 0
+    assert cupy_roi.count_bad_boxes(boxes[:0], 3) == 0
     if dtype != np.float16:  # the image functions compute in float32/float64
         for label, run in _image_paths(dtype):
             out, ref = run(BACKEND), run("reference")

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from .conv import conv2d, conv_transpose2d
 from .deform import deform_conv2d
-from .roi import roi_align, roi_pool
+from .roi import count_bad_boxes, roi_align, roi_pool
 
-__all__ = ["conv2d", "conv_transpose2d", "deform_conv2d", "roi_align", "roi_pool"]
+__all__ = ["conv2d", "conv_transpose2d", "deform_conv2d", "roi_align", "roi_pool",
+           "count_bad_boxes"]
 
 _available = None  # None: not checked yet; True; or the message of the error to raise
 

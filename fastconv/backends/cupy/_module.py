@@ -80,6 +80,7 @@ def name_expressions(file: str, ctype: str) -> tuple[str, ...]:
         return (
             *(expr("roi_align", ctype, cb, g) for cb in ROI_CB for g in ROI_BOX_GRID),
             *(expr("roi_pool", ctype, cb, g) for cb in ROI_CB for g in ROI_BOX_GRID),
+            expr("roi_count_bad_boxes", ctype),
         )
     if file == "resample.cu":
         return tuple(expr(k, ctype) for k in RESAMPLE_KERNELS)

@@ -95,3 +95,26 @@ def roi_pool(x, rois, *, output_size, spatial_scale):
     if out.size:
         _module.run(plan_roi_pool(x, rois, out, spatial_scale, _module.max_blocks()))
     return out
+
+
+#: threads of the one block of roi_count_bad_boxes
+CHECK_BLOCK = 256
+
+
+def plan_count_bad_boxes(rois, batch, bad):
+    """The launch that writes to ``bad[0]`` how many rows of ``rois`` fail the box check."""
+    name = expr("roi_count_bad_boxes", CTYPES[np.dtype(rois.dtype)])
+    return [(name, 1, CHECK_BLOCK, 0, (rois, _I32(rois.shape[0]), _I32(batch), bad))]
+
+
+def count_bad_boxes(rois, batch: int) -> int:
+    """How many rows of the ``(K, 5)`` float boxes ``rois`` have a non-finite coordinate
+    or a batch index that is not an integer in ``[0, batch)``.
+
+    One kernel and a 4-byte copy back (a sync), instead of copying the boxes to the
+    host; the public wrapper copies them only when it must word an error.
+    """
+    bad = _module.cupy().empty((1,), np.int32)
+    _module.run(plan_count_bad_boxes(rois, batch, bad))
+    return int(bad[0])
+

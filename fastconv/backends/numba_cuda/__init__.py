@@ -22,6 +22,7 @@ __all__ = [
     "deform_conv2d",
     "roi_align",
     "roi_pool",
+    "count_bad_boxes",
     "check_available",
     "as_native",
     "ascontiguous",
@@ -36,6 +37,7 @@ _OPS = {
     "deform_conv2d": "deform",
     "roi_align": "roi",
     "roi_pool": "roi",
+    "count_bad_boxes": "roi",
 }
 
 _INSTALL = 'pip install "numba-cuda[cu13]"'

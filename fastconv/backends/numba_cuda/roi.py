@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import math
 
-from numba import cuda
+import numpy as np
+from numba import cuda, types
 
 from ._bilinear import functions as _bilinear_functions
 from ._launch import (
@@ -33,6 +34,10 @@ from ._launch import (
 
 _align_cache: dict = {}
 _pool_cache: dict = {}
+_check_cache: dict = {}
+
+#: threads of the one block of the box check
+CHECK_BLOCK = 256
 
 #: torchvision's start value of the running maximum (C's FLT_MAX), in every dtype
 _NEG_FLT_MAX = -3.4028234663852886e38
@@ -85,6 +90,24 @@ def roi_pool(x, rois, *, output_size, spatial_scale):
     return out
 
 
+def count_bad_boxes(rois, batch: int) -> int:
+    """How many rows of the ``(K, 5)`` float boxes ``rois`` have a non-finite coordinate
+    or a batch index that is not an integer in ``[0, batch)``.
+
+    One block of one kernel and a 4-byte copy back (a sync) instead of copying the boxes
+    to the host; the public wrapper copies them only when it must word an error.
+    """
+    T = rois.dtype.type
+    kern = _check_cache.get(T)
+    if kern is None:
+        kern = _check_cache[T] = _build_check(T)
+    bad = empty((1,), np.int32)
+    skey, stream = current_stream()
+    # batch in the boxes' dtype, so a float32 kernel compares in float32
+    launch(kern, 1, CHECK_BLOCK, skey, stream, rois, scalar(rois.dtype, batch), bad)
+    return int(bad.copy_to_host(stream=stream)[0])
+
+
 def _align_kernel(T, cpt):
     key = (T, cpt)
     k = _align_cache.get(key)
@@ -107,6 +130,8 @@ def ptx_cases(T):
     return [
         ("roi_align", _align_kernel(T, cpt), (a4, a2, a4, f, i, i)),
         ("roi_pool", _pool_kernel(T), (a4, a2, a4, f)),
+        ("roi_count_bad_boxes", _check_cache.get(T) or _build_check(T),
+         (a2, f, types.Array(types.int32, 1, "C"))),
     ]
 
 
@@ -241,3 +266,32 @@ def _build_pool(T):
                 out[k, c, ph, pw] = best
 
     return roi_pool
+
+
+def _build_check(T):
+    zero = T(0.0)  # compare in the boxes' own dtype
+
+    @cuda.jit(cache=True)
+    def roi_count_bad_boxes(rois, batch, bad):
+        """One block: each thread counts its bad rows; thread 0 adds the counts up."""
+        counts = cuda.shared.array(CHECK_BLOCK, np.int32)
+        t = cuda.threadIdx.x
+        mine = 0
+        for k in range(t, rois.shape[0], cuda.blockDim.x):
+            n = rois[k, 0]
+            # range first: NaN and +-inf fail it, so the truncation only sees [0, batch)
+            ok = n >= zero and n < batch and T(int(n)) == n
+            for j in range(1, 5):
+                ok = ok and math.isfinite(rois[k, j])
+            if not ok:
+                mine += 1
+        counts[t] = mine
+        cuda.syncthreads()
+        if t == 0:
+            total = 0
+            for i in range(cuda.blockDim.x):
+                total += counts[i]
+            bad[0] = total
+
+    return roi_count_bad_boxes
+

@@ -154,4 +154,34 @@ roi_pool(const T* __restrict__ x, const T* __restrict__ rois, T* __restrict__ ou
     });
 }
 
+// The box check of check_boxes=True on the GPU: writes to *bad the number of rows of
+// rois (K x 5, C-contiguous) whose coordinates are not all finite or whose batch index
+// is not an integer in [0, N).  One block (any size up to 1024 threads) strides over
+// the rows and adds up its counts in shared memory, so the host reads back one int
+// instead of copying the boxes (the wrapper then copies them only to word the error).
+template <typename T>
+__global__ void __launch_bounds__(1024)
+roi_count_bad_boxes(const T* __restrict__ rois, int K, int N, int* __restrict__ bad) {
+    typedef typename Acc<T>::type A;
+    __shared__ int counts[1024];
+    int mine = 0;
+    for (int k = threadIdx.x; k < K; k += blockDim.x) {
+        const T* row = rois + (i64)k * 5;
+        const A n = ld(row);
+        bool ok = n >= A(0) && n < A(N) && n == fl(n);  // false for NaN and +-inf too
+        for (int j = 1; j < 5; ++j) {
+            const A v = ld(row + j);
+            ok = ok && v - v == A(0);  // finite: inf - inf and NaN - NaN are NaN
+        }
+        mine += ok ? 0 : 1;
+    }
+    counts[threadIdx.x] = mine;
+    __syncthreads();
+    if (threadIdx.x == 0) {  // at most 1024 adds, once per call
+        int total = 0;
+        for (unsigned t = 0; t < blockDim.x; ++t) total += counts[t];
+        *bad = total;
+    }
+}
+
 }  // namespace fc
