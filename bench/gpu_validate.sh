@@ -21,11 +21,12 @@
 # 10 minutes can split the work, e.g.
 #   STEPS="info tests check" bash bench/gpu_validate.sh        # call 1 (~7 min on an H100)
 #   cp <call 1's gpu_validate.json> bench/results/<date>-<device>.json
-#   STEPS="slow sanitize bench" bash bench/gpu_validate.sh     # call 2
+#   STEPS="bench" bash bench/gpu_validate.sh                   # call 2 (bench, A/B, host)
+#   STEPS="slow sanitize" bash bench/gpu_validate.sh           # call 3
 #
 # Environment: PYTHON (default: python3), STEPS (default: all of the above), PYTEST_ARGS
 # (extra pytest arguments), TESTS_TIMEOUT / SLOW_TIMEOUT / CHECK_TIMEOUT /
-# SANITIZE_TIMEOUT / BENCH_TIMEOUT in seconds, CHECK_CASES (default 25), XDIST_WORKERS
+# SANITIZE_TIMEOUT / BENCH_TIMEOUT / AB_TIMEOUT in seconds, CHECK_CASES (default 25), XDIST_WORKERS
 # (default 14).
 # Exit status: 0 when every step that ran passed.
 set -u
@@ -94,7 +95,7 @@ if has bench; then
     rm -f "$LOGDIR/bench.json" "$LOGDIR/ab_cupy_variants.json"  # never record a stale run
     run_step bench "${BENCH_TIMEOUT:-200}" "$PY" -m fastconv bench --backend cupy,numba_cuda \
         --no-first-call --no-progress --json "$LOGDIR/bench.json"
-    run_step ab_cupy_variants 120 "$PY" bench/ab_cupy_variants.py \
+    run_step ab_cupy_variants "${AB_TIMEOUT:-240}" "$PY" bench/ab_cupy_variants.py \
         --json "$LOGDIR/ab_cupy_variants.json"
     run_step host 60 "$PY" bench/gpu_profile.py host --profile dilated_small
 fi
