@@ -81,15 +81,13 @@ def memoised_spec(shapes: int):
 
         @functools.wraps(spec)
         def wrapper(*args):
-            params = args[shapes:]
-            types = tuple([type(a) if type(a) is not tuple else tuple(map(type, a))
-                           for a in params])
             try:
-                return dict(cached((args[:shapes], types), args))
-            except TypeError as exc:
-                if "unhashable" not in str(exc):
-                    raise
-            return spec(*args)
+                hash(args)
+            except TypeError:  # a list or an array among the parameters
+                return spec(*args)
+            types = tuple([type(a) if type(a) is not tuple else tuple(map(type, a))
+                           for a in args[shapes:]])
+            return dict(cached((args[:shapes], types), args))
 
         wrapper.cache_clear = cached.cache_clear
         wrapper.cache_info = cached.cache_info

@@ -62,6 +62,18 @@ def advance(c, i, j, dc, di, dj, ni, nj):
     return c, i, j
 
 
+@cuda.jit(device=True, inline="always")
+def advance2(hi, lo, dhi, dlo, nlo):
+    """The two-digit counter ``(hi, lo)`` (``lo`` of radix ``nlo``) plus ``(dhi, dlo)``,
+    where ``dlo < nlo``: at most one carry."""
+    lo += dlo
+    hi += dhi
+    if lo >= nlo:
+        lo -= nlo
+        hi += 1
+    return hi, lo
+
+
 def functions(T, tiles):
     """``(mma_chunk, zero_acc)`` device functions for float type ``T`` and a tile shape."""
     key = (T, tiles)

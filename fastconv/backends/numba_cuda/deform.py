@@ -19,6 +19,7 @@ from __future__ import annotations
 from numba import cuda
 
 from ._bilinear import functions as _bilinear_functions
+from ._gemm import advance2
 from ._gemm import functions as _gemm_functions
 from ._launch import (
     absent,
@@ -297,16 +298,8 @@ def _build_gemm(T, tiles):
                         cuda.syncthreads()
                         mma_chunk(As, Bs, acc, ra, rb, tx, ty)
                         cuda.syncthreads()
-                        ca += bk_c
-                        ta += bk_t
-                        if ca >= Cg:
-                            ca -= Cg
-                            ta += 1
-                        cb += bk_c
-                        tb += bk_t
-                        if cb >= Cg:
-                            cb -= Cg
-                            tb += 1
+                        ta, ca = advance2(ta, ca, bk_t, bk_c, Cg)
+                        tb, cb = advance2(tb, cb, bk_t, bk_c, Cg)
                     for bb in range(TN):
                         p = p0 + tx + TXS * bb
                         if p < P:

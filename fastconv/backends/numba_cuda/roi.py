@@ -15,6 +15,7 @@ is computed in the input's dtype in torchvision's order of operations.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -31,10 +32,6 @@ from ._launch import (
     scalar,
     settings,
 )
-
-_align_cache: dict = {}
-_pool_cache: dict = {}
-_check_cache: dict = {}
 
 #: threads of the one block of the box check
 CHECK_BLOCK = 256
@@ -97,10 +94,7 @@ def count_bad_boxes(rois, batch: int) -> int:
     One block of one kernel and a 4-byte copy back (a sync) instead of copying the boxes
     to the host; the public wrapper copies them only when it must word an error.
     """
-    T = rois.dtype.type
-    kern = _check_cache.get(T)
-    if kern is None:
-        kern = _check_cache[T] = _build_check(T)
+    kern = _check_kernel(rois.dtype.type)
     bad = empty((1,), np.int32)
     skey, stream = current_stream()
     # batch in the boxes' dtype, so a float32 kernel compares in float32
@@ -108,19 +102,19 @@ def count_bad_boxes(rois, batch: int) -> int:
     return int(bad.copy_to_host(stream=stream)[0])
 
 
+@functools.cache
 def _align_kernel(T, cpt):
-    key = (T, cpt)
-    k = _align_cache.get(key)
-    if k is None:
-        k = _align_cache[key] = _build_align(T, cpt)
-    return k
+    return _build_align(T, cpt)
 
 
+@functools.cache
 def _pool_kernel(T):
-    k = _pool_cache.get(T)
-    if k is None:
-        k = _pool_cache[T] = _build_pool(T)
-    return k
+    return _build_pool(T)
+
+
+@functools.cache
+def _check_kernel(T):
+    return _build_check(T)
 
 
 def ptx_cases(T):
@@ -130,7 +124,7 @@ def ptx_cases(T):
     return [
         ("roi_align", _align_kernel(T, cpt), (a4, a2, a4, f, i, i)),
         ("roi_pool", _pool_kernel(T), (a4, a2, a4, f)),
-        ("roi_count_bad_boxes", _check_cache.get(T) or _build_check(T),
+        ("roi_count_bad_boxes", _check_kernel(T),
          (a2, f, types.Array(types.int32, 1, "C"))),
     ]
 
