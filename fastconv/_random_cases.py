@@ -189,6 +189,51 @@ def boxes_with_every_defect(rng, dtype, batch: int, good: int = 300):
     return rows, int((~(coords_ok & idx_ok)).sum())
 
 
+def boxes_naming_no_image(rng, dtype, batch: int, good: int = 40):
+    """``(K, 5)`` boxes with finite coordinates, some of whose batch indices name no image
+    (``trunc(b)`` outside ``[0, batch)``, or NaN), and the mask of the rows that do.
+
+    The good rows include fractional indices in ``(-1, 0)`` and ``(batch - 1, batch)``,
+    which truncate to an image.  With ``check_boxes=False`` the ops give zeros for the
+    other rows (what :func:`fastconv.reference.has_image` says).
+    """
+    index = np.concatenate([rng.integers(0, batch, good - 2), [-0.5, batch - 0.25]])
+    bad = [batch, batch + 0.5, -1, -3.5, 1e9, -1e9, np.nan, np.inf, -np.inf]
+    index = np.concatenate([index, bad])
+    coords = rng.uniform(-3, 14, (len(index), 4))
+    rows = np.concatenate([index[:, None], coords], axis=1).astype(dtype)
+    rows = rows[rng.permutation(len(rows))]
+    has_image = np.array([-1 < b < batch for b in rows[:, 0].astype(np.float64)])
+    return rows, has_image
+
+
+def check_boxes_naming_no_image(op, backend, dtype, **params):
+    """With ``check_boxes=False``, boxes whose batch index names no image give zeros and
+    the others what they give when checked (their index truncated); on ``backend``."""
+    import fastconv
+
+    rng = np.random.default_rng(17)
+    x = rng.standard_normal((3, 5, 11, 13)).astype(dtype)
+    boxes, has_image = boxes_naming_no_image(rng, dtype, batch=3)
+    before = boxes.copy()
+    fn = getattr(fastconv, op)
+
+    def call(b, **kw):
+        out = fn(to_backend(x, backend), to_backend(b, backend), (2, 3), 0.5, backend=backend,
+                 **params, **kw)
+        return to_host(out)
+
+    got = call(boxes, check_boxes=False)
+    np.testing.assert_array_equal(boxes, before)  # the caller's boxes are not touched
+    assert (got[~has_image] == 0).all()
+    good = boxes[has_image].copy()
+    good[:, 0] = np.trunc(good[:, 0])
+    np.testing.assert_allclose(got[has_image], call(good), rtol=1e-6, atol=1e-6)
+    ref = getattr(fastconv.reference, op)(x, boxes, (2, 3), 0.5, **params)
+    assert (ref[~has_image] == 0).all()
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
 GENERATORS = {
     "conv2d": conv2d_case,
     "conv_transpose2d": conv_transpose2d_case,

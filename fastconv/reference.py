@@ -90,6 +90,16 @@ def _geometry_dtype(array) -> type:
     return np.float64
 
 
+def has_image(batch_index, n_images: int) -> bool:
+    """Whether a box's batch index names an image: ``trunc(b)`` in ``[0, N)``, not NaN.
+
+    The public ops check this by default (``check_boxes=True``).  Without the check,
+    every backend gives zeros for a box that fails it, instead of reading outside the
+    input; ``-1 < b < N`` is that test before the truncation, and NaN fails it.
+    """
+    return bool(-1 < batch_index < n_images)
+
+
 def _rois(boxes, gdt) -> np.ndarray:
     """Boxes as a ``(K, 5)`` array of ``(batch_index, x1, y1, x2, y2)`` rows in ``gdt``.
 
@@ -500,6 +510,8 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
     shift = gdt(0.5) if aligned else gdt(0.0)
 
     for k in range(K):
+        if not has_image(rois[k, 0], N):
+            continue  # batch index outside [0, N) (only with check_boxes=False): zeros
         b = int(rois[k, 0])
         # box geometry, in the geometry dtype, in torchvision's order of operations
         start_x = rois[k, 1] * scale - shift
@@ -615,6 +627,8 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0):
         lowest = float(np.asarray(-_FLT_MAX).astype(in_dtype))
 
     for k in range(K):
+        if not has_image(rois[k, 0], N):
+            continue  # batch index outside [0, N) (only with check_boxes=False): zeros
         b = int(rois[k, 0])
         start_x = int(_round_half_away(rois[k, 1] * scale))
         start_y = int(_round_half_away(rois[k, 2] * scale))

@@ -53,7 +53,9 @@ def roi_align(
         integers in ``[0, N)``. On a GPU, boxes in the input's dtype are
         checked there by one small kernel, whose 4-byte answer is copied back
         (a sync); other boxes are checked on the host. Pass False only if the
-        boxes are known to be valid.
+        boxes are known to be valid. Without the check, a box whose batch index
+        names no image (``trunc(b)`` outside ``[0, N)``, or NaN) gives zeros on
+        every backend, never a read outside ``input``.
     backend : str, optional, keyword-only
 
     Returns
@@ -97,6 +99,7 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0, *, check_boxes=True, 
     output_size : int or (int, int)
     spatial_scale : float, default 1.0
     check_boxes : bool, default True, keyword-only
+        As in :func:`roi_align`.
     backend : str, optional, keyword-only
 
     Returns

@@ -104,3 +104,4 @@ def check_random_case(op, backend, dtype, data):
     tol = _random_cases.TOLERANCE[dtype]
     assert err <= tol, f"relative error {err:.3g} > {tol:g} for {case.describe()}"
     assert_unchanged(before, case.arrays)
+

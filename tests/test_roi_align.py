@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import fastconv
-from fastconv._random_cases import to_backend, to_host
+from fastconv._random_cases import check_boxes_naming_no_image, to_backend, to_host
 
 
 @ORACLE_SETTINGS
@@ -65,3 +65,8 @@ def test_sample_exactly_on_the_minus_one_edge_counts(backend):
     out = _call(backend, x, boxes, (3, 1), 1 / 3, 0, True)
     ref = fastconv.reference.roi_align(x, boxes, (3, 1), 1 / 3, 0, True)
     np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("sr", [2, -1])
+def test_unchecked_boxes_naming_no_image_give_zeros(backend, dtype, sr):
+    check_boxes_naming_no_image("roi_align", backend, dtype, sampling_ratio=sr, aligned=True)

@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import fastconv
-from fastconv._random_cases import to_backend, to_host
+from fastconv._random_cases import check_boxes_naming_no_image, to_backend, to_host
 
 
 @ORACLE_SETTINGS
@@ -36,3 +36,7 @@ def test_max_over_bins(backend):
 def test_box_outside_gives_zero(backend):
     out = _call(backend, np.ones((1, 1, 4, 4)), np.array([[0, 10.0, 10.0, 12.0, 12.0]]), 2)
     np.testing.assert_array_equal(out, 0.0)
+
+
+def test_unchecked_boxes_naming_no_image_give_zeros(backend, dtype):
+    check_boxes_naming_no_image("roi_pool", backend, dtype)

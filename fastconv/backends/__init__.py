@@ -36,8 +36,9 @@ Signatures (all arguments are passed by keyword except the arrays)::
         -> (N, C_out, H_out, W_out)
 
     roi_align(x, rois, *, output_size, spatial_scale, sampling_ratio, aligned)
-        rois (K, 5) in x's dtype, rows (batch_index, x1, y1, x2, y2), already
-        checked (finite, integral batch index in [0, N)).
+        rois (K, 5) in x's dtype, rows (batch_index, x1, y1, x2, y2), checked
+        (finite, integral batch index in [0, N)) unless check_boxes=False; then a
+        row whose batch index truncates to no image (or is NaN) must give zeros.
         -> (K, C, pooled_h, pooled_w)
 
     roi_pool(x, rois, *, output_size, spatial_scale)

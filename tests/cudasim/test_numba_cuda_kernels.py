@@ -592,3 +592,13 @@ def test_public_api_random_cases(op, dtype):
         err, out, _ = rc.run_case(case, "numba_cuda")
         assert out.dtype == dtype
         assert err <= TOL[dtype], f"relative error {err:.3g} for {case.describe()}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op, params", [("roi_align", dict(sampling_ratio=2, aligned=True)),
+                                        ("roi_align", dict(sampling_ratio=-1)),
+                                        ("roi_pool", {})])
+def test_unchecked_boxes_naming_no_image_give_zeros(dtype, op, params):
+    from fastconv import _random_cases as rc
+
+    rc.check_boxes_naming_no_image(op, "numba_cuda", np.dtype(dtype), **params)

@@ -45,6 +45,8 @@ CUDA kernel adds 0).  roi_pool keeps torchvision's ``v > max`` update from
 empty bin is 0.
 """
 
+import functools
+
 import numba
 import numpy as np
 from llvmlite import ir
@@ -71,6 +73,29 @@ def _used_slots(rois, n_b):
     idx = np.flatnonzero(used)
     slot[idx] = np.arange(idx.size)
     return idx, slot
+
+
+def _boxes_without_image_give_zeros(op):
+    """Make ``op(x, rois, **params)`` give zeros for boxes whose batch index names no image.
+
+    The public wrapper rejects such boxes unless ``check_boxes=False``; then, as on
+    the GPU backends, their output is 0 instead of a read outside ``x``.  The kernels
+    see a copy of ``rois`` with those indices set to 0, and the rows are zeroed after.
+    """
+
+    @functools.wraps(op)
+    def guarded(x, rois, **params):
+        b = rois[:, 0]
+        has_image = (b > -1) & (b < x.shape[0])  # trunc(b) in [0, N); NaN fails both
+        if has_image.all():
+            return op(x, rois, **params)
+        safe = rois.copy()
+        safe[~has_image, 0] = 0
+        out = op(x, safe, **params)
+        out[~has_image] = 0
+        return out
+
+    return guarded
 
 
 def _use_channels_last(n_used, c, h, w, per_channel_reads, itemsize=4):
@@ -450,6 +475,7 @@ def _roi_align_planar(x, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio
     return out
 
 
+@_boxes_without_image_give_zeros
 def roi_align(x, rois, *, output_size, spatial_scale, sampling_ratio, aligned):
     """Bilinear RoIAlign (torchvision's).
 
@@ -600,6 +626,7 @@ def _roi_pool_planar(x, rois, pooled_h, pooled_w, spatial_scale, limit):
     return out
 
 
+@_boxes_without_image_give_zeros
 def roi_pool(x, rois, *, output_size, spatial_scale):
     """Max RoIPool (torchvision's).
 

@@ -67,7 +67,7 @@ def _roi_config(kernel, xshape, oshape, dchar, max_blocks, cb, box_grid, spatial
     K, _, PH, PW = oshape
     dtype = np.dtype(dchar)
     cb = _cb(C, cb)
-    scalars = (_I32(K), _I32(C), _I32(H), _I32(W), _I32(PH), _I32(PW),
+    scalars = (_I32(K), _I32(N), _I32(C), _I32(H), _I32(W), _I32(PH), _I32(PW),
                _scale(dtype, spatial_scale)) + tuple(_I32(v) for v in extra)
     per_box = -(-C // cb) * PH * PW
     box_grid = bool(box_grid) and per_box < 2**31  # the kernel's 32-bit index inside a box

@@ -149,8 +149,12 @@ def _build_align(T, CPT):
         acc = cuda.local.array(CPT, T)
         start = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
         step = cuda.gridDim.x * cuda.blockDim.x
+        N = x.shape[0]
         for k in range(cuda.blockIdx.y, K, cuda.gridDim.y):
-            n = int(rois[k, 0])
+            # a batch index naming no image (only with check_boxes=False): no samples, zeros
+            b = rois[k, 0]
+            has_image = b > -one and b < T(N)
+            n = int(b) if has_image else 0
             shift = half if aligned else zero
             start_w = rois[k, 1] * spatial_scale - shift
             start_h = rois[k, 2] * spatial_scale - shift
@@ -169,6 +173,8 @@ def _build_align(T, CPT):
             else:
                 grid_h = int(math.ceil(roi_h / T(PH)))
                 grid_w = int(math.ceil(roi_w / T(PW)))
+            if not has_image:
+                grid_h = 0
             count = T(max(grid_h * grid_w, 1))
             for idx in range(start, total, step):
                 cq = idx // PP
@@ -199,6 +205,7 @@ def _build_align(T, CPT):
 def _build_pool(T):
     zero = T(0.0)
     half = T(0.5)
+    one = T(1.0)
     lowest = T(_NEG_FLT_MAX)
 
     @cuda.jit(device=True, inline="always")
@@ -225,8 +232,12 @@ def _build_pool(T):
         total = C * PP
         start = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
         step = cuda.gridDim.x * cuda.blockDim.x
+        N = x.shape[0]
         for k in range(cuda.blockIdx.y, K, cuda.gridDim.y):
-            n = int(rois[k, 0])
+            # a batch index naming no image (only with check_boxes=False): empty bins, zeros
+            b = rois[k, 0]
+            has_image = b > -one and b < T(N)
+            n = int(b) if has_image else 0
             start_w = c_round(rois[k, 1] * spatial_scale)
             start_h = c_round(rois[k, 2] * spatial_scale)
             end_w = c_round(rois[k, 3] * spatial_scale)
@@ -248,7 +259,7 @@ def _build_pool(T):
                 hend = min(max(hend + start_h, 0), H)
                 wstart = min(max(wstart + start_w, 0), W)
                 wend = min(max(wend + start_w, 0), W)
-                if hend <= hstart or wend <= wstart:
+                if not has_image or hend <= hstart or wend <= wstart:
                     best = zero
                 else:
                     best = lowest

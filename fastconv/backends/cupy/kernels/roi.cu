@@ -22,6 +22,17 @@
 
 namespace fc {
 
+// The image of a box: n = trunc(b) when it is in [0, N), and true; else n = 0 and false.
+// check_boxes=True rejects such boxes before any launch; without the check the box's
+// output is 0 (never a read outside x).  -1 < b < N is the test before the
+// truncation; NaN fails it.
+template <typename A>
+__device__ __forceinline__ bool batch_image(A b, int N, int& n) {
+    const bool ok = b > A(-1) && b < A(N);
+    n = ok ? (int)b : 0;
+    return ok;
+}
+
 // Calls body(k, cc, ph, pw) for each work item (box k, channel chunk cc, bin ph, bin pw)
 // of this thread.
 template <bool BOX_GRID, typename F>
@@ -52,7 +63,7 @@ __device__ __forceinline__ void for_each_roi_item(int K, int nCC, int PH, int PW
 template <typename T, int CB, bool BOX_GRID>
 __global__ void __launch_bounds__(256)
 roi_align(const T* __restrict__ x, const T* __restrict__ rois, T* __restrict__ out, int K,
-          int C, int H, int W, int PH, int PW, typename Acc<T>::type spatial_scale,
+          int N, int C, int H, int W, int PH, int PW, typename Acc<T>::type spatial_scale,
           int sampling_ratio, int aligned) {
     typedef typename Acc<T>::type A;
     const int nCC = (C + CB - 1) / CB;
@@ -62,7 +73,8 @@ roi_align(const T* __restrict__ x, const T* __restrict__ rois, T* __restrict__ o
         const int c0 = cc * CB;
 
         const T* roi = rois + k * 5;
-        const int n = (int)ld(roi);
+        int n;
+        const bool has_image = batch_image(ld(roi), N, n);
         const A shift = aligned ? A(0.5) : A(0);
         const A start_w = mul_rn(ld(roi + 1), spatial_scale) - shift;
         const A start_h = mul_rn(ld(roi + 2), spatial_scale) - shift;
@@ -74,7 +86,9 @@ roi_align(const T* __restrict__ x, const T* __restrict__ rois, T* __restrict__ o
             roi_h = roi_h > A(1) ? roi_h : A(1);
         }
         const A bin_h = roi_h / A(PH), bin_w = roi_w / A(PW);
-        const int grid_h = sampling_ratio > 0 ? sampling_ratio : (int)ce(roi_h / A(PH));
+        // no image: no samples, so the bin is 0 (count stays >= 1)
+        const int grid_h = !has_image ? 0 : sampling_ratio > 0 ? sampling_ratio
+                                                               : (int)ce(roi_h / A(PH));
         const int grid_w = sampling_ratio > 0 ? sampling_ratio : (int)ce(roi_w / A(PW));
         const A count = A(imax(grid_h * grid_w, 1));
         const A y0 = add_rn(start_h, mul_rn(A(ph), bin_h));
@@ -105,8 +119,8 @@ roi_align(const T* __restrict__ x, const T* __restrict__ rois, T* __restrict__ o
 
 template <typename T, int CB, bool BOX_GRID>
 __global__ void __launch_bounds__(256)
-roi_pool(const T* __restrict__ x, const T* __restrict__ rois, T* __restrict__ out, int K, int C,
-         int H, int W, int PH, int PW, typename Acc<T>::type spatial_scale) {
+roi_pool(const T* __restrict__ x, const T* __restrict__ rois, T* __restrict__ out, int K, int N,
+         int C, int H, int W, int PH, int PW, typename Acc<T>::type spatial_scale) {
     typedef typename Acc<T>::type A;
     const int nCC = (C + CB - 1) / CB;
     const i64 HW = (i64)H * W;
@@ -115,7 +129,8 @@ roi_pool(const T* __restrict__ x, const T* __restrict__ rois, T* __restrict__ ou
         const int c0 = cc * CB;
 
         const T* roi = rois + k * 5;
-        const int n = (int)ld(roi);
+        int n;
+        const bool has_image = batch_image(ld(roi), N, n);
         const int start_w = (int)rnd(mul_rn(ld(roi + 1), spatial_scale));
         const int start_h = (int)rnd(mul_rn(ld(roi + 2), spatial_scale));
         const int end_w = (int)rnd(mul_rn(ld(roi + 3), spatial_scale));
@@ -128,6 +143,7 @@ roi_pool(const T* __restrict__ x, const T* __restrict__ rois, T* __restrict__ ou
         he = imin(imax(he + start_h, 0), H);
         ws = imin(imax(ws + start_w, 0), W);
         we = imin(imax(we + start_w, 0), W);
+        if (!has_image) he = hs;  // no image: an empty bin, 0
         const bool empty = he <= hs || we <= ws;
 
         // torchvision: running max from -FLT_MAX, replaced only on `v > max` (NaN skipped)
