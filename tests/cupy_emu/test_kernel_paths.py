@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 import fastconv
 from fastconv import _random_cases, image, reference
 from fastconv.backends.cupy import conv as cupy_conv
+from fastconv.backends.cupy import deform as cupy_deform
 from fastconv.backends.cupy import roi as cupy_roi
 
 BACKEND = emulator.NAME
@@ -56,6 +57,43 @@ def _deform(c_in, c_out, groups=1):
         arrays = dict(input=x, offset=offset, weight=w, bias=None, mask=mask)
         return "deform_conv2d", arrays, dict(padding=1)
     return make
+
+
+def _deform_general(c_in, c_out, k, groups=1, offset_groups=1, mask=True, bias=True,
+                    stride=(1, 1), padding=(1, 1), dilation=(1, 1)):
+    """A deform_conv2d case of any shape: 2 images of 9x10, offsets of scale 2 (some
+    samples fall outside the image and between its pixels)."""
+    def make(rng, dtype):
+        h, w = 9, 10
+        ho = (h + 2 * padding[0] - dilation[0] * (k[0] - 1) - 1) // stride[0] + 1
+        wo = (w + 2 * padding[1] - dilation[1] * (k[1] - 1) - 1) // stride[1] + 1
+        taps = offset_groups * k[0] * k[1]
+        arrays = dict(
+            input=_rand(rng, (2, c_in, h, w), dtype),
+            offset=(rng.standard_normal((2, 2 * taps, ho, wo)) * 2).astype(dtype),
+            weight=_rand(rng, (c_out, c_in // groups, *k), dtype),
+            bias=_rand(rng, (c_out,), dtype) if bias else None,
+            mask=rng.uniform(0, 1, (2, taps, ho, wo)).astype(dtype) if mask else None)
+        return "deform_conv2d", arrays, dict(stride=stride, padding=padding, dilation=dilation)
+    return make
+
+
+#: deform_conv2d_gemm (DEFORM_FUSED): (label, extra settings, case); the fused kernel
+#: applies where its table fits (float/half: 3x3 with one offset group per conv group;
+#: double: up to 3 taps), else the two-stage path runs
+DEFORM_FUSED_CASES = [
+    ("3x3 DCNv2, bias, tiles across images", [],
+     _deform_general(4, 36, (3, 3))),
+    ("2x2 DCNv1, 2 groups x 4 offset groups (2 per group), strided, dilated", [],
+     _deform_general(8, 70, (2, 2), groups=2, offset_groups=4, mask=False, bias=False,
+                     stride=(2, 1), dilation=(1, 2))),
+    ("1x2, 3 groups x 2 offset groups (straddling)", [],
+     _deform_general(6, 96, (1, 2), groups=3, offset_groups=2, padding=(0, 1))),
+    ("1x3 split 3 ways", [(cupy_conv, "SPLIT_K", 3)],
+     _deform_general(5, 40, (1, 3), padding=(0, 1))),
+    ("1x1, 3 offset groups, strided", [],
+     _deform_general(6, 33, (1, 1), offset_groups=3, stride=(2, 2), padding=(0, 0))),
+]
 
 
 def _roi(op, channels, **kw):
@@ -140,12 +178,15 @@ def test_every_instantiation_matches_oracle(dtype):
         for op, kw in [("roi_align", dict(sampling_ratio=-1, aligned=False)), ("roi_pool", {})]
         for cb, c in [(1, 3), (4, 6), (8, 13)]
     ]
+    deform_fused = [(f"deform_conv2d_gemm {label}", [(cupy_deform, "DEFORM_FUSED", True), *extra],
+                     make) for label, extra, make in DEFORM_FUSED_CASES]
     for label, settings_, make in [
         ("conv2d_gemm split 3 ways", [(cupy_conv, "SPLIT_K", 3)],
          _conv(2, 20, 70, (3, 3), padding=1)),
         ("conv_transpose2d_gemm", [(cupy_conv, "TRANSPOSED_GEMM", True)],
          _convt(6, 70, (6, 6), stride=3, padding=1)),
         *roi_box_grid,
+        *deform_fused,
     ]:
         op, arrays, params = make(rng, dtype)
         old = [(m, name, getattr(m, name)) for m, name, _ in settings_]
@@ -272,3 +313,45 @@ def test_argument_types_are_checked_against_the_kernel():
     args = (x, rois.astype(np.float32), out, *args[3:-1], np.float64(1))  # double scale
     with pytest.raises(RuntimeError, match="kernel parameters"):
         k((1,), (32,), args)
+
+
+@pytest.fixture
+def fused_deform_everywhere(monkeypatch):
+    """deform_conv2d through deform_conv2d_gemm wherever its table fits, for any channel count."""
+    monkeypatch.setattr(cupy_deform, "DEFORM_FUSED", True)
+    monkeypatch.setattr(cupy_conv, "GEMM_MIN_KG", 1)
+    cupy_deform.fused_config.cache_clear()
+    yield
+    cupy_deform.fused_config.cache_clear()
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@settings(ORACLE_SETTINGS, max_examples=max(1, N_EXAMPLES // 2))
+@given(data=st.data())
+def test_random_deform_cases_through_the_fused_kernel(fused_deform_everywhere, monkeypatch,
+                                                      splits, dtype, data):
+    """The random deform_conv2d configurations (offset groups, strides, dilations, masks,
+    samples outside the image) through deform_conv2d_gemm, unsplit and split-K."""
+    monkeypatch.setattr(cupy_conv, "SPLIT_K", splits)
+    check_random_case("deform_conv2d", BACKEND, np.dtype(dtype), data)
+
+
+def test_fused_deform_applies_where_its_table_fits():
+    from fastconv import _cases
+
+    case = _cases.get("deform_dcnv2").inputs("full", 0)
+    x, w = case.arrays["input"], case.arrays["weight"]
+    shapes = (x.shape, w.shape, (2, 64, 64, 64), (1, 1), (1, 1), (1, 1), 1, 1, True, False)
+    name, grid, smem, _, splits = cupy_deform.fused_config(*shapes, "f", 64 * 132)
+    assert name == "fc::deform_conv2d_gemm<float, 3>" and splits == 1
+    assert smem == 9 * 128 * 25 and grid == 64  # 8192 columns / 128, one tile of 64 channels
+    assert cupy_deform.fused_config(*shapes, "d", 64 * 132) is None  # double: table too big
+    # split-K as conv2d_gemm chooses it: few tiles for 132 SMs, a reduction of 576
+    assert cupy_deform.fused_config(*shapes, "f", 64 * 132, None)[4] == 4
+    narrow = (x.shape, (16, 64, 3, 3), (2, 16, 64, 64), *shapes[3:])
+    assert cupy_deform.fused_config(*narrow, "f", 64 * 132) is None  # C_out/groups < 32
+    assert cupy_deform.offset_group_span(64, 1, 1) == 1
+    assert cupy_deform.offset_group_span(8, 2, 4) == 2
+    assert cupy_deform.offset_group_span(6, 3, 2) == 2  # group 1 holds channels 2, 3
+    assert cupy_deform.offset_group_span(6, 1, 3) == 3

@@ -36,6 +36,9 @@ CTYPES = {
 GEMM_KSZ = (0, 1, 3)
 #: compile-time square kernel sizes of conv2d_depthwise_tiled (0 = any size)
 DEPTHWISE_KSZ = (0, 3, 5)
+#: compile-time square kernel sizes of deform_conv2d_gemm (0 = any size); not 3 for double,
+#: whose 3x3 sampling table does not fit in shared memory (deform.fused_config)
+DEFORM_KSZ = (0, 3)
 #: output channels per thread of conv2d_direct / conv_transpose2d_direct
 DIRECT_KB = (1, 2, 4, 8, 16)
 #: channels per thread of roi_align / roi_pool
@@ -75,7 +78,9 @@ def name_expressions(file: str, ctype: str) -> tuple[str, ...]:
             expr("conv_transpose2d_gemm", ctype),
         )
     if file == "deform.cu":
-        return (expr("deform_im2col", ctype),)
+        return (expr("deform_im2col", ctype),
+                *(expr("deform_conv2d_gemm", ctype, k) for k in DEFORM_KSZ
+                  if k == 0 or ctype != "double"))
     if file == "roi.cu":
         return (
             *(expr("roi_align", ctype, cb, g) for cb in ROI_CB for g in ROI_BOX_GRID),
@@ -96,6 +101,12 @@ def all_name_expressions(files=FILES) -> dict[str, tuple[str, ...]]:
 _REGISTRY = {
     e: (f, c) for f in ALL_FILES for c in CTYPES.values() for e in name_expressions(f, c)
 }
+
+
+def registered():
+    """Every name expression a launcher may ask for (a read-only view)."""
+    return _REGISTRY.keys()
+
 
 _PRAGMA_ONCE = re.compile(r"^[ \t]*#[ \t]*pragma[ \t]+once[ \t]*$", re.MULTILINE)
 _INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.MULTILINE)

@@ -90,18 +90,28 @@ def plan_conv2d(x, weight, bias, out, stride, padding, dilation, groups, max_blo
     args = (x, weight, weight if bias is None else bias, out) + scalars
     if not name.startswith("fc::conv2d_gemm"):
         return [(name, grid, BLOCK, smem, args)]
-    acc = np.float64 if x.dtype == np.float64 else np.float32
+    return gemm_launches((name, grid, BLOCK, smem, args), splits, bias, out, max_blocks, empty)
+
+
+def gemm_launches(launch, splits, bias, out, max_blocks, empty=None):
+    """An implicit-GEMM ``launch`` (its args without the last, ``part``) with its split-K
+    workspace appended, followed by ``conv_sum_splits`` when ``splits > 1``.
+
+    Shared by conv2d_gemm and deform_conv2d_gemm, whose last argument is the partial-sum
+    buffer ``part[splits][out.size]`` in the accumulator type.
+    """
+    name, grid, block, smem, args = launch
+    acc = np.float64 if out.dtype == np.float64 else np.float32
     if splits == 1:  # part is not read; any pointer of the accumulator type will do
         part = out if out.dtype == acc else _module.placeholder(acc, empty)
-        return [(name, grid, BLOCK, smem, args + (part,))]
+        return [(name, grid, block, smem, args + (part,))]
     total = out.size
     part = empty((splits, total), acc)
-    has_bias = _I32(bias is not None)
-    sum_args = (part, weight if bias is None else bias, out, np.int64(total),
+    sum_args = (part, out if bias is None else bias, out, np.int64(total),
                 _I32(out.shape[1]), np.int64(out.shape[2] * out.shape[3]), _I32(splits),
-                has_bias)
-    return [(name, grid, BLOCK, smem, args + (part,)),
-            (expr("conv_sum_splits", CTYPES[x.dtype]), _grid(-(-total // BLOCK), max_blocks),
+                _I32(bias is not None))
+    return [(name, grid, block, smem, args + (part,)),
+            (expr("conv_sum_splits", CTYPES[out.dtype]), _grid(-(-total // BLOCK), max_blocks),
              BLOCK, 0, sum_args)]
 
 

@@ -12,18 +12,30 @@ Two stages per chunk of images, both on CuPy's current stream:
 
 The batch is split so that ``col`` holds at most ``COL_BUDGET_BYTES`` (one image
 at least), which bounds the scratch memory for large inputs.
+
+With :data:`DEFORM_FUSED`, ``deform_conv2d_gemm`` does both stages in one kernel: the
+implicit GEMM samples its input columns as it loads them, from a per-tile table of
+bilinear set-ups in shared memory, so there is no column buffer (see ``deform.cu``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from . import _module
+import functools
+
+from . import _module, conv
 from ._module import CTYPES, expr
-from .conv import BLOCK, _grid, plan_conv2d
+from .conv import BLOCK, _grid, gemm_launches, plan_conv2d, split_k
 
 #: largest column buffer allocated per call (at least one image's worth is always used)
 COL_BUDGET_BYTES = 256 * 1024 * 1024
+#: deform_conv2d through the one fused kernel deform_conv2d_gemm (bilinear sampling inside
+#: the implicit GEMM's loads, no column buffer) where it applies (:func:`fused_config`),
+#: instead of deform_im2col + conv2d.  Off by default until a GPU run of
+#: ``bench/ab_cupy_variants.py`` shows that it pays (on the H100 the two-stage form ran
+#: deform_dcnv2 at 1.38x torchvision; the target is 0.5x).  Split-K follows conv.SPLIT_K.
+DEFORM_FUSED = False
 _I32 = np.int32
 
 
@@ -70,6 +82,57 @@ def plan_deform_conv2d(x, offset, weight, bias, mask, out, col, stride, padding,
     return launches
 
 
+def offset_group_span(c_in: int, groups: int, offset_groups: int) -> int:
+    """The most offset groups that the input channels of one conv group fall in."""
+    cg, cpo = c_in // groups, c_in // offset_groups
+    return max((g * cg + cg - 1) // cpo - (g * cg) // cpo + 1 for g in range(groups))
+
+
+@functools.lru_cache(maxsize=1024)
+def fused_config(xshape, wshape, oshape, stride, padding, dilation, groups, offset_groups,
+                 has_mask, has_bias, dchar, max_blocks, split=1):
+    """``(kernel name, grid, shared memory bytes, scalar args, splits)`` of one
+    deform_conv2d_gemm launch, or None where the fused kernel does not apply.
+
+    It applies where conv2d would take the implicit GEMM (``C_out/groups >=
+    conv.GEMM_MIN_KG``), the sampling table and the GEMM tiles fit in
+    ``conv.SMEM_BUDGET`` of shared memory, and ``(H+1)*(W+1) < 2**31`` (the table's
+    corner offsets are 32-bit).  ``split`` is :data:`conv.SPLIT_K`.
+    """
+    N, C_in, H, W = xshape
+    C_out, Cg, kH, kW = wshape
+    Ho, Wo = oshape[2], oshape[3]
+    dtype = np.dtype(dchar)
+    acc = conv._acc_size(dtype)
+    Kg = C_out // groups
+    khw = kH * kW
+    span = offset_group_span(C_in, groups, offset_groups)
+    gemm_smem = (16 * (64 + 4) + 16 * 128) * acc  # As and Bs of gemm.cuh's tiles
+    table = span * khw * 128 * (5 * acc + 4 + 1)
+    if (Kg < conv.GEMM_MIN_KG or gemm_smem + table > conv.SMEM_BUDGET
+            or (H + 1) * (W + 1) >= 2**31):
+        return None
+    tiles = -(-(N * Ho * Wo) // 128) * -(-Kg // 64) * groups
+    splits, r_slice = split_k(tiles, Cg * khw, max_blocks // 64, split)
+    (sH, sW), (pH, pW), (dH, dW) = stride, padding, dilation
+    scalars = tuple(_I32(v) for v in (
+        N, C_in, H, W, C_out, Ho, Wo, kH, kW, sH, sW, pH, pW, dH, dW, groups, offset_groups,
+        span, has_mask, has_bias, splits, r_slice))
+    name = expr("deform_conv2d_gemm", CTYPES[dtype], kH if kH == kW else 0)
+    if name not in _module.registered():
+        name = expr("deform_conv2d_gemm", CTYPES[dtype], 0)
+    return name, _grid(tiles * splits, max_blocks), table, scalars, splits
+
+
+def plan_deform_conv2d_fused(x, offset, weight, bias, mask, out, config, max_blocks,
+                             empty=None):
+    """The launches of :func:`fused_config`'s ``config`` (split-K adds ``conv_sum_splits``)."""
+    name, grid, smem, scalars, splits = config
+    args = (x, offset, offset if mask is None else mask, weight,
+            weight if bias is None else bias, out) + scalars
+    return gemm_launches((name, grid, BLOCK, smem, args), splits, bias, out, max_blocks, empty)
+
+
 def deform_conv2d(x, offset, weight, bias, mask, *, stride, padding, dilation, groups,
                   offset_groups, out_hw):
     cp = _module.cupy()
@@ -78,10 +141,18 @@ def deform_conv2d(x, offset, weight, bias, mask, *, stride, padding, dilation, g
     out = cp.empty((N, weight.shape[0], out_hw[0], out_hw[1]), dtype=x.dtype)
     if out.size == 0:
         return out
+    max_blocks = _module.max_blocks()
+    if DEFORM_FUSED:
+        config = fused_config(x.shape, weight.shape, out.shape, stride, padding, dilation,
+                              groups, offset_groups, mask is not None, bias is not None,
+                              x.dtype.char, max_blocks, conv.SPLIT_K)
+        if config is not None:
+            _module.run(plan_deform_conv2d_fused(x, offset, weight, bias, mask, out, config,
+                                                 max_blocks, cp.empty))
+            return out
     per_image = C_in * kh * kw * out_hw[0] * out_hw[1] * x.dtype.itemsize
     nb = chunk_images(N, per_image)
     col = cp.empty((nb, C_in * kh * kw, out_hw[0], out_hw[1]), dtype=x.dtype)
     _module.run(plan_deform_conv2d(x, offset, weight, bias, mask, out, col, stride, padding,
-                                   dilation, groups, offset_groups, _module.max_blocks(),
-                                   cp.empty))
+                                   dilation, groups, offset_groups, max_blocks, cp.empty))
     return out

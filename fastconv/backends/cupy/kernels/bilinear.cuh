@@ -26,6 +26,8 @@ struct BilinearTaps {
     i64 o1, o2, o3, o4;  // offsets of the corners (y_lo,x_lo) (y_lo,x_hi) (y_hi,x_lo) (y_hi,x_hi)
     A w1, w2, w3, w4;    // their weights
     bool v1, v2, v3, v4; // whether each corner is loaded
+    int yl, xl;          // zero-padding rule only: the unclamped low corner, in [-1, H-1] x
+                         // [-1, W-1], so a loaded corner is at (yl*W + xl) + {0, 1, W, W+1}
 };
 
 // deform_conv2d rule.  Returns false when the sample is exactly 0 (nothing to load).
@@ -37,11 +39,13 @@ __device__ __forceinline__ bool bilinear_taps_zero_pad(A py, A px, int H, int W,
         b.w1 = b.w2 = b.w3 = b.w4 = py + px;
         b.o1 = b.o2 = b.o3 = b.o4 = 0;
         b.v1 = b.v2 = b.v3 = b.v4 = false;
+        b.yl = b.xl = 0;
         return true;
     }
     const A fy = fl(py), fx = fl(px);
     const int yl = (int)fy, xl = (int)fx;  // in [-1, H-1], [-1, W-1]
     const int yh = yl + 1, xh = xl + 1;
+    b.yl = yl; b.xl = xl;
     const A ly = py - fy, lx = px - fx;
     const A hy = A(1) - ly, hx = A(1) - lx;
     b.w1 = hy * hx; b.w2 = hy * lx; b.w3 = ly * hx; b.w4 = ly * lx;

@@ -39,77 +39,9 @@
 // consecutive threads own consecutive output x (coalesced stores).  Work items are
 // block-uniform, so every thread reaches every __syncthreads().
 #include "common.cuh"
+#include "gemm.cuh"
 
 namespace fc {
-
-// ------------------------------------------------------------------ implicit GEMM main loop
-
-// The tile shape of conv2d_gemm and conv_transpose2d_gemm: 64 (k) x 128 (p) per block of
-// 256 threads (8 x 32), 16-deep slices of the reduction, an 8x4 register tile per thread.
-struct Gemm {
-    static constexpr int BM = 64, BN = 128, BK = 16, TM = 8, TN = 4;
-};
-
-// acc = sum over r in [r_begin, r_end) of A[m, r] * B[r, p] for this thread's 8x4 (m, p):
-// rows m = ty + 8i of the block's 64, columns p = tx + 32j of its 128.  load(r0, ra, rb)
-// fetches this thread's share of the slice starting at r0: ra[q] = A[a_m + 16q, r0 + a_r]
-// and rb[q] = B[r0 + b_r + 2q, b_p] (a_r = tid % 16, a_m = tid / 16, b_p = tid % 128,
-// b_r = tid / 128), zero outside the problem.  The next slice is loaded into registers
-// while the current one, in shared memory, is multiplied.  Every thread must call it.
-template <typename A, typename Load>
-__device__ __forceinline__ void gemm_mainloop(A (&acc)[Gemm::TM][Gemm::TN],
-                                              A (*As)[Gemm::BM + 4], A (*Bs)[Gemm::BN],
-                                              int r_begin, int r_end, Load load) {
-    const int tid = threadIdx.x, tx = tid & 31, ty = tid >> 5;
-    const int a_r = tid & (Gemm::BK - 1), a_m = tid >> 4;
-    const int b_p = tid & (Gemm::BN - 1), b_r = tid >> 7;
-#pragma unroll
-    for (int i = 0; i < Gemm::TM; ++i)
-#pragma unroll
-        for (int j = 0; j < Gemm::TN; ++j) acc[i][j] = A(0);
-    A ra[4], rb[8];
-    load(r_begin, ra, rb);
-    for (int r0 = r_begin; r0 < r_end; r0 += Gemm::BK) {
-#pragma unroll
-        for (int q = 0; q < 4; ++q) As[a_r][a_m + 16 * q] = ra[q];
-#pragma unroll
-        for (int q = 0; q < 8; ++q) Bs[b_r + 2 * q][b_p] = rb[q];
-        __syncthreads();
-        if (r0 + Gemm::BK < r_end) load(r0 + Gemm::BK, ra, rb);  // overlaps the multiply below
-#pragma unroll
-        for (int kk = 0; kk < Gemm::BK; ++kk) {
-            A a[Gemm::TM], b[Gemm::TN];
-#pragma unroll
-            for (int i = 0; i < Gemm::TM; ++i) a[i] = As[kk][ty + 8 * i];
-#pragma unroll
-            for (int j = 0; j < Gemm::TN; ++j) b[j] = Bs[kk][tx + 32 * j];
-#pragma unroll
-            for (int i = 0; i < Gemm::TM; ++i)
-#pragma unroll
-                for (int j = 0; j < Gemm::TN; ++j) acc[i][j] += a[i] * b[j];
-        }
-        __syncthreads();
-    }
-}
-
-// The epilogue of one output column j: ob[m * HWo] = acc[i][j] (+ bias_g[m]) for this
-// thread's rows m = m0 + ty + 8i < Kg.  ob points at the group's first output channel at
-// the column's pixel, bias_g at the group's first bias.  (Split-K partial sums use it
-// with O = A and no bias.)
-template <typename O, typename A, typename B>
-__device__ __forceinline__ void gemm_store_column(O* ob, const A (&acc)[Gemm::TM][Gemm::TN],
-                                                  int j, int m0, int Kg, i64 HWo,
-                                                  const B* bias_g, int has_bias) {
-    const int ty = threadIdx.x >> 5;
-#pragma unroll
-    for (int i = 0; i < Gemm::TM; ++i) {
-        const int m = m0 + ty + 8 * i;
-        if (m < Kg) {
-            const A bv = has_bias ? ld(bias_g + m) : A(0);
-            ob[(i64)m * HWo] = from_acc<O>(acc[i][j] + bv);
-        }
-    }
-}
 
 // ------------------------------------------------------------------ conv2d: implicit GEMM
 
@@ -128,30 +60,17 @@ conv2d_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
     const int kHW = kH * kW;
     const int Cg = C_in / groups, Kg = C_out / groups;
     const int R = Cg * kHW;
-    const i64 HW = (i64)H * W, HWo = (i64)Ho * Wo;
-    const i64 P = (i64)N * HWo;
-    const int mTiles = (Kg + BM - 1) / BM;
-    const i64 pTiles = (P + BN - 1) / BN;
-    const i64 items = pTiles * mTiles * groups * splits;
+    const i64 HW = (i64)H * W;
+    const GemmWork wk(N, Ho, Wo, Kg, groups, splits);
+    const i64 HWo = wk.HWo, P = wk.P;
+    const int a_r = wk.a_r, a_m = wk.a_m, b_p = wk.b_p, b_r = wk.b_r;
 
-    const int tid = threadIdx.x, tx = tid & 31;
-    const int a_r = tid & (BK - 1), a_m = tid >> 4;  // weight loads: (k = a_m + 16q, r = a_r)
-    const int b_p = tid & (BN - 1), b_r = tid >> 7;  // input loads:  (r = b_r + 2q, p = b_p)
-
-    for (i64 item = blockIdx.x; item < items; item += gridDim.x) {
-        const i64 pt = item % pTiles;
-        const i64 rest = item / pTiles;
-        const int mt = (int)(rest % mTiles), gs = (int)(rest / mTiles);
-        const int g = gs % groups, split = gs / groups;
-        const i64 p0 = pt * BN;
-        const int m0 = mt * BM;
-        // this work item's slice of the reduction; r_slice % BK == 0, so the BK-deep
-        // chunks never straddle two slices and `r < R` is the only bound the loads need
-        const int r_begin = split * r_slice;
-        const int r_end = r_begin + r_slice < R ? r_begin + r_slice : R;
+    for (i64 item = blockIdx.x; item < wk.items; item += gridDim.x) {
+        const GemmItem it(item, wk.pTiles, wk.mTiles, groups, r_slice, R);
+        const int g = it.g;
 
         // The one output pixel whose column of im2col(x) this thread gathers.
-        const i64 pb = p0 + b_p;
+        const i64 pb = it.p0 + b_p;
         const bool pb_ok = pb < P;
         int iy0 = 0, ix0 = 0;
         const T* xb = x;
@@ -165,41 +84,20 @@ conv2d_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
         }
         const T* wg = w + (i64)g * Kg * R;  // rows of this group's output channels
 
+        // B = im2col(x): element (c, t) is x[n, g*Cg + c] at this pixel's tap t (0 in the padding)
         auto load_slice = [&](int r0, A (&ra)[4], A (&rb)[8]) {
-#pragma unroll
-            for (int q = 0; q < 4; ++q) {
-                const int m = m0 + a_m + 16 * q, r = r0 + a_r;
-                ra[q] = (m < Kg && r < R) ? ld(wg + (i64)m * R + r) : A(0);
-            }
-#pragma unroll
-            for (int q = 0; q < 8; ++q) {
-                const int r = r0 + b_r + 2 * q;
-                A v = A(0);
-                if (pb_ok && r < R) {
-                    const int c = r / kHW, t = r - c * kHW;
-                    const int i = t / kW, j = t - i * kW;
-                    const int iy = iy0 + i * dH, ix = ix0 + j * dW;
-                    if (in_range(iy, H) && in_range(ix, W)) v = ld(xb + c * HW + (i64)iy * W + ix);
-                }
-                rb[q] = v;
-            }
+            conv_load_slice(ra, rb, wg, it.m0 + a_m, a_r, b_r, r0, Kg, R, kHW, pb_ok,
+                            [&](int c, int t) {
+                const int i = t / kW, j = t - i * kW;
+                const int iy = iy0 + i * dH, ix = ix0 + j * dW;
+                return (in_range(iy, H) && in_range(ix, W)) ? ld(xb + c * HW + (i64)iy * W + ix)
+                                                            : A(0);
+            });
         };
 
         A acc[TM][TN];
-        gemm_mainloop(acc, As, Bs, r_begin, r_end, load_slice);
-
-#pragma unroll
-        for (int j = 0; j < TN; ++j) {
-            const i64 p = p0 + tx + 32 * j;
-            if (p >= P) continue;
-            const i64 n = p / HWo;
-            const i64 yx = p - n * HWo;
-            const i64 o = ((i64)n * C_out + (i64)g * Kg) * HWo + yx;
-            if (splits > 1)  // partial sums, no bias: conv_sum_splits finishes
-                gemm_store_column(part + (i64)split * P * C_out + o, acc, j, m0, Kg, HWo, bias, 0);
-            else
-                gemm_store_column(out + o, acc, j, m0, Kg, HWo, bias + g * Kg, has_bias);
-        }
+        gemm_mainloop(acc, As, Bs, it.r_begin, it.r_end, load_slice);
+        gemm_store_nchw(out, part, acc, it, P, HWo, C_out, Kg, splits, bias, has_bias);
     }
 }
 
