@@ -12,7 +12,10 @@ run of this script shows where it pays:
   instead of the gathering kernel -- conv_transpose2d cases;
 * ``roi.ROI_BOX_GRID`` and ``roi.ROI_CB``: the RoI kernels with boxes on grid y (32-bit
   index arithmetic) instead of one grid-stride loop, and 1, 4 or 8 channels per
-  thread -- roi_align and roi_pool cases.
+  thread -- roi_align and roi_pool cases;
+* ``deform.DEFORM_FUSED``: deform_conv2d in one kernel (bilinear sampling inside the
+  implicit GEMM's loads) instead of deform_im2col + conv2d, with and without split-K --
+  deform_conv2d cases.
 
 Per case the peer and every arm run interleaved, device time from CUDA events
 (``fastconv._bench``; the RoI ops without the box check, as in ``fastconv bench``);
@@ -26,19 +29,22 @@ import json
 
 from fastconv import _bench, _cases
 from fastconv.backends.cupy import conv as cupy_conv
+from fastconv.backends.cupy import deform as cupy_deform
 from fastconv.backends.cupy import roi as cupy_roi
 
-_CONV_SPLIT = [{"SPLIT_K": 1}, {"SPLIT_K": None}]
+#: setting -> the module that holds it
+OWNER = {"SPLIT_K": cupy_conv, "TRANSPOSED_GEMM": cupy_conv, "DEFORM_FUSED": cupy_deform,
+         "ROI_BOX_GRID": cupy_roi, "ROI_CB": cupy_roi}
 _ROI = [{"ROI_BOX_GRID": False, "ROI_CB": None}, {"ROI_BOX_GRID": True, "ROI_CB": None},
         {"ROI_BOX_GRID": True, "ROI_CB": 1}, {"ROI_BOX_GRID": False, "ROI_CB": 1},
         {"ROI_BOX_GRID": True, "ROI_CB": 4}]
-#: op -> (module holding the settings, the arms: settings per contestant, default first)
+#: op -> the arms: settings per contestant, the default first
 VARIANTS = {
-    "conv2d": (cupy_conv, _CONV_SPLIT),
-    "deform_conv2d": (cupy_conv, _CONV_SPLIT),
-    "conv_transpose2d": (cupy_conv, [{"TRANSPOSED_GEMM": False}, {"TRANSPOSED_GEMM": True}]),
-    "roi_align": (cupy_roi, _ROI),
-    "roi_pool": (cupy_roi, _ROI),
+    "conv2d": [{"SPLIT_K": 1}, {"SPLIT_K": None}],
+    "deform_conv2d": [{"DEFORM_FUSED": f, "SPLIT_K": s} for f in (False, True) for s in (1, None)],
+    "conv_transpose2d": [{"TRANSPOSED_GEMM": False}, {"TRANSPOSED_GEMM": True}],
+    "roi_align": _ROI,
+    "roi_pool": _ROI,
 }
 DEFAULT_CASES = ("dilated_aspp,dilated_small,deform_dcnv2,transposed_fcn,transposed_decoder,"
                  "roi_align_fpn,roi_align_mask,roi_pool_fpn")
@@ -48,20 +54,24 @@ def arm_label(settings: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in settings.items())
 
 
-def with_settings(runner, module, settings: dict):
-    """``runner`` with ``module``'s settings set before each call (the arms interleave)."""
-    def apply():
-        for name, value in settings.items():
-            setattr(module, name, value)
+def apply(settings: dict) -> None:
+    for name, value in settings.items():
+        setattr(OWNER[name], name, value)
+
+
+def with_settings(runner, settings: dict):
+    """``runner`` with ``settings`` applied before each call (the arms interleave)."""
+    def apply_arm():
+        apply(settings)
 
     def call(inner=runner.call):
-        apply()
+        apply_arm()
         return inner()
 
     device_call = None
     if runner.device_call is not None:
         def device_call(inner=runner.device_call):
-            apply()
+            apply_arm()
             return inner()
     return _bench.Runner(runner.impl, f"{runner.label} {arm_label(settings)}", call, runner.sync,
                          runner.gpu, runner.size, device_call=device_call)
@@ -73,19 +83,18 @@ def main():
     p.add_argument("--repeat", type=int, default=15)
     p.add_argument("--json", default=None)
     args = p.parse_args()
-    defaults = {(m, name): getattr(m, name)
-                for m, arms in VARIANTS.values() for arm in arms for name in arm}
+    defaults = {name: getattr(module, name) for name, module in OWNER.items()}
     env = _bench.GpuEnv.real()
     rows = {}
     try:
         for case_name in args.cases.split(","):
             case = _cases.get(case_name)
-            module, arms = VARIANTS[case.op]
+            arms = VARIANTS[case.op]
             inputs = case.inputs("full", 0)
             peer = _bench.make_runner(case, "torch:cuda", inputs=inputs)
             fc = _bench.make_runner(case, "fastconv:cupy", inputs=inputs)
             runners = {"peer": peer}
-            runners.update({arm_label(arm): with_settings(fc, module, arm) for arm in arms})
+            runners.update({arm_label(arm): with_settings(fc, arm) for arm in arms})
             cs = [_bench.Contestant(k, r, _bench.GpuClock(r.sync, env.timer(r.gpu), env.delay))
                   for k, r in runners.items()]
             _bench.interleave(cs, args.repeat, 3)
@@ -103,8 +112,7 @@ def main():
                 print(f"    {k:40s} {ms.get(k)} ms  ratio {ratio}  err {err.get(k)}"
                       f"  {errors.get(k, '')}", flush=True)
     finally:
-        for (module, name), value in defaults.items():
-            setattr(module, name, value)
+        apply(defaults)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -12,6 +12,10 @@ per SM limited by registers (65536 per SM, allocated per warp in units of 256),
 shared memory (sm_80: 164 KiB per SM, sm_90: 228 KiB; 1 KiB reserved per block)
 and 2048 threads per SM.
 
+Besides each case's default launches, the launches of every other arm of
+``bench/ab_cupy_variants.py`` (the optional kernel paths, off by default) are listed
+as ``"<case> [<settings>]"``.
+
     python bench/kernel_resources.py --json bench/results/<date>-nvrtc-resources.json
 """
 
@@ -30,8 +34,19 @@ SMEM_PER_SM = {"sm_80": 164 * 1024, "sm_90": 228 * 1024}
 REGS_PER_SM, THREADS_PER_SM, BLOCK = 65536, 2048, 256
 
 
+def _ab_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "ab_cupy_variants", ROOT / "bench" / "ab_cupy_variants.py")
+    ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ab)
+    return ab
+
+
 def planned_launches() -> dict[str, list[dict]]:
-    """``{case: [{"kernel", "grid", "dynamic_smem_bytes"}]}`` for the full-size cases."""
+    """``{case: [{"kernel", "grid", "dynamic_smem_bytes"}]}`` for the full-size cases, and
+    for ``"<case> [<arm>]"`` under each non-default arm of ``bench/ab_cupy_variants.py``."""
     from cupy_emu import emulator
 
     from fastconv import _cases
@@ -41,14 +56,28 @@ def planned_launches() -> dict[str, list[dict]]:
     _module.max_blocks = lambda: 64 * 132  # an H100 SXM: 132 SMs
     recorded: list = []
     _module.run = lambda launches: recorded.extend(launches)
+    ab = _ab_script()
+    defaults = {name: getattr(module, name) for name, module in ab.OWNER.items()}
     plans = {}
-    for case in _cases.select("all"):
-        recorded.clear()
-        case.inputs("full").call_fastconv(backend=emulator.NAME)
-        plans[case.name] = [
-            {"kernel": name, "grid": list(grid) if isinstance(grid, tuple) else int(grid),
-             "dynamic_smem_bytes": int(smem)}
-            for name, grid, _block, smem, _args in recorded]
+    try:
+        for case in _cases.select("all"):
+            inputs = case.inputs("full")
+            arms = ab.VARIANTS.get(case.op, [{}])
+            for i, arm in enumerate(arms):
+                ab.apply(defaults)
+                ab.apply(arm)
+                recorded.clear()
+                inputs.call_fastconv(backend=emulator.NAME)
+                plan = [
+                    {"kernel": name, "grid": list(grid) if isinstance(grid, tuple) else int(grid),
+                     "dynamic_smem_bytes": int(smem)}
+                    for name, grid, _block, smem, _args in recorded]
+                if i == 0:
+                    plans[case.name] = plan
+                elif plan != plans[case.name]:  # an arm that changes nothing here is left out
+                    plans[f"{case.name} [{ab.arm_label(arm)}]"] = plan
+    finally:
+        ab.apply(defaults)
     return plans
 
 
@@ -76,8 +105,8 @@ def blocks_per_sm(arch: str, usage: dict, dynamic_smem: int) -> int:
 
 
 def markdown(plans, usage) -> str:
-    lines = ["| case | kernel | arch | registers | smem (static + dynamic) | spills (st/ld) "
-             "| blocks/SM (x256 threads) |", "|---|---|---|---|---|---|---|"]
+    lines = ["| case | kernel | grid | arch | registers | smem (static + dynamic) "
+             "| spills (st/ld) | blocks/SM (x256 threads) |", "|---|---|---|---|---|---|---|---|"]
     for case, launches in plans.items():
         seen = set()
         for launch in launches:
@@ -90,8 +119,10 @@ def markdown(plans, usage) -> str:
                 smem = f'{u["static_smem_bytes"]} + {launch["dynamic_smem_bytes"]}'
                 spills = f'{u["spill_store_bytes"]}/{u["spill_load_bytes"]}'
                 blocks = blocks_per_sm(arch, u, launch["dynamic_smem_bytes"])
-                lines.append(f"| {case} | `{name}` | {arch} | {u['registers']} | {smem} | "
-                             f"{spills} | {blocks} |")
+                grid = launch["grid"]
+                grid = " x ".join(map(str, grid)) if isinstance(grid, list) else grid
+                lines.append(f"| {case} | `{name}` | {grid} | {arch} | {u['registers']} | "
+                             f"{smem} | {spills} | {blocks} |")
     return "\n".join(lines)
 
 

@@ -276,3 +276,21 @@ def test_scipy_filter_mapping():
                                                           "groups")})
     np.testing.assert_allclose(got, want[0, 0], rtol=1e-6, atol=1e-6)
     assert _cases.scipy_filter_args(_cases.get("dilated_aspp").inputs("tiny")) is None
+
+
+def test_ab_script_arms_name_real_settings_with_the_default_first():
+    """bench/ab_cupy_variants.py (GPU only) at least wires its arms to settings that exist,
+    and its first arm per op is what the backend does by default."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "ab_cupy_variants.py"
+    spec = importlib.util.spec_from_file_location("ab_cupy_variants", path)
+    ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ab)
+    for op, arms in ab.VARIANTS.items():
+        assert any(c.op == op for c in _cases.CASES.values()), op
+        for arm in arms:
+            for name in arm:
+                assert hasattr(ab.OWNER[name], name), name
+        assert all(getattr(ab.OWNER[n], n) == v for n, v in arms[0].items()), (op, arms[0])
+        assert len({ab.arm_label(a) for a in arms}) == len(arms)
