@@ -9,7 +9,7 @@ run of this script shows where it pays:
   leave the GPU short of blocks (``None`` = automatic, ``1`` = off) -- conv2d and
   deform_conv2d cases;
 * ``conv.TRANSPOSED_GEMM``: conv_transpose2d as one implicit GEMM per output phase
-  instead of the gathering kernel -- conv_transpose2d cases;
+  instead of the gathering kernel, with and without split-K -- conv_transpose2d cases;
 * ``roi.ROI_BOX_GRID`` and ``roi.ROI_CB``: the RoI kernels with boxes on grid y (32-bit
   index arithmetic) instead of one grid-stride loop, and 1, 4 or 8 channels per
   thread -- roi_align and roi_pool cases;
@@ -38,11 +38,13 @@ OWNER = {"SPLIT_K": cupy_conv, "TRANSPOSED_GEMM": cupy_conv, "DEFORM_FUSED": cup
 _ROI = [{"ROI_BOX_GRID": False, "ROI_CB": None}, {"ROI_BOX_GRID": True, "ROI_CB": None},
         {"ROI_BOX_GRID": True, "ROI_CB": 1}, {"ROI_BOX_GRID": False, "ROI_CB": 1},
         {"ROI_BOX_GRID": True, "ROI_CB": 4}]
-#: op -> the arms: settings per contestant, the default first
+#: op -> the arms: settings per contestant, the default first; the arms of an op set the
+#: same settings, so none carries over from the arm before it
 VARIANTS = {
     "conv2d": [{"SPLIT_K": 1}, {"SPLIT_K": None}],
     "deform_conv2d": [{"DEFORM_FUSED": f, "SPLIT_K": s} for f in (False, True) for s in (1, None)],
-    "conv_transpose2d": [{"TRANSPOSED_GEMM": False}, {"TRANSPOSED_GEMM": True}],
+    "conv_transpose2d": [{"TRANSPOSED_GEMM": g, "SPLIT_K": s}
+                         for g, s in ((False, 1), (True, 1), (True, None))],
     "roi_align": _ROI,
     "roi_pool": _ROI,
 }

@@ -294,3 +294,4 @@ def test_ab_script_arms_name_real_settings_with_the_default_first():
                 assert hasattr(ab.OWNER[name], name), name
         assert all(getattr(ab.OWNER[n], n) == v for n, v in arms[0].items()), (op, arms[0])
         assert len({ab.arm_label(a) for a in arms}) == len(arms)
+        assert all(a.keys() == arms[0].keys() for a in arms), op  # nothing carries over

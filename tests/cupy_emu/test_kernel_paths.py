@@ -185,6 +185,10 @@ def test_every_instantiation_matches_oracle(dtype):
          _conv(2, 20, 70, (3, 3), padding=1)),
         ("conv_transpose2d_gemm", [(cupy_conv, "TRANSPOSED_GEMM", True)],
          _convt(6, 70, (6, 6), stride=3, padding=1)),
+        # phases of 1 or 2 taps per axis (R = 6, 12, 24): the second slice is empty for some
+        ("conv_transpose2d_gemm split", [(cupy_conv, "TRANSPOSED_GEMM", True),
+                                         (cupy_conv, "SPLIT_K", 3)],
+         _convt(6, 70, (5, 5), stride=3, padding=1)),
         *roi_box_grid,
         *deform_fused,
     ]:
@@ -263,13 +267,15 @@ def test_random_cases_through_split_k(gemm_everywhere, monkeypatch, splits, op, 
     check_random_case(op, BACKEND, np.dtype("float32"), data)
 
 
+@pytest.mark.parametrize("splits", [1, 3])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @settings(ORACLE_SETTINGS, max_examples=max(1, N_EXAMPLES // 2))
 @given(data=st.data())
-def test_random_transposed_cases_through_the_phase_gemm(monkeypatch, dtype, data):
+def test_random_transposed_cases_through_the_phase_gemm(monkeypatch, splits, dtype, data):
     """The random conv_transpose2d configurations (strides, dilations, groups, output
-    padding, phases with no taps) through conv_transpose2d_gemm."""
+    padding, phases with no taps) through conv_transpose2d_gemm, unsplit and split-K."""
     monkeypatch.setattr(cupy_conv, "TRANSPOSED_GEMM", True)
+    monkeypatch.setattr(cupy_conv, "SPLIT_K", splits)
     check_random_case("conv_transpose2d", BACKEND, np.dtype(dtype), data)
 
 

@@ -20,7 +20,7 @@ Kernel choice for ``conv2d`` (per group: ``Cg = C_in/groups`` input and
 
 ``conv_transpose2d`` gathers with ``conv_transpose2d_direct``, or, with
 :data:`TRANSPOSED_GEMM`, runs one implicit GEMM per output phase
-(``conv_transpose2d_gemm``).
+(``conv_transpose2d_gemm``; split-K as conv2d's).
 """
 
 from __future__ import annotations
@@ -136,13 +136,19 @@ def split_k(tiles: int, r: int, sms: int, forced: int | None = None) -> tuple[in
     return -(-r // r_slice), r_slice
 
 
-def plan_conv_transpose2d(x, weight, bias, out, stride, padding, dilation, groups, max_blocks):
-    """Launches computing ``out = conv_transpose2d(x, weight)`` by gathering."""
-    name, grid, smem, scalars = _conv_transpose2d_config(
+def plan_conv_transpose2d(x, weight, bias, out, stride, padding, dilation, groups, max_blocks,
+                          empty=None):
+    """Launches computing ``out = conv_transpose2d(x, weight)``: by gathering, or with
+    :data:`TRANSPOSED_GEMM` one implicit GEMM per output phase (split-K as conv2d's, when
+    ``empty`` can allocate the partial sums)."""
+    name, grid, smem, scalars, splits = _conv_transpose2d_config(
         x.shape, weight.shape, bias is not None, out.shape, stride, padding, dilation, groups,
-        x.dtype.char, max_blocks, TRANSPOSED_GEMM,
+        x.dtype.char, max_blocks, TRANSPOSED_GEMM, SPLIT_K if empty is not None else 1,
     )
-    return [(name, grid, BLOCK, smem, (x, weight, weight if bias is None else bias, out) + scalars)]
+    args = (x, weight, weight if bias is None else bias, out) + scalars
+    if not name.startswith("fc::conv_transpose2d_gemm"):
+        return [(name, grid, BLOCK, smem, args)]
+    return gemm_launches((name, grid, BLOCK, smem, args), splits, bias, out, max_blocks, empty)
 
 
 # The configurations are memoised on the shapes and parameters (all hashable), so a
@@ -196,10 +202,11 @@ def _conv2d_config(xshape, wshape, has_bias, oshape, stride, padding, dilation, 
 
 @functools.lru_cache(maxsize=4096)
 def _conv_transpose2d_config(xshape, wshape, has_bias, oshape, stride, padding, dilation, groups,
-                             dchar, max_blocks, gemm=False):
-    """``(kernel name, grid, shared memory bytes, scalar args)`` of one conv_transpose2d launch.
+                             dchar, max_blocks, gemm=False, split=1):
+    """``(kernel name, grid, shared memory bytes, scalar args, splits)`` of one
+    conv_transpose2d launch.
 
-    ``gemm``: :data:`TRANSPOSED_GEMM`.
+    ``gemm``: :data:`TRANSPOSED_GEMM`; ``split``: :data:`SPLIT_K` (the phase GEMM only).
     """
     N, C_in, H, W = xshape
     _, Kg, kH, kW = wshape
@@ -213,12 +220,16 @@ def _conv_transpose2d_config(xshape, wshape, has_bias, oshape, stride, padding, 
     khw = kH * kW
     step_i, step_j = sH // math.gcd(sH, dH), sW // math.gcd(sW, dW)
     if gemm:
+        p_tiles = -(-(N * -(-Ho // sH) * -(-Wo // sW)) // 128)
+        tiles = p_tiles * -(-Kg // 64) * groups * sH * sW
+        # the longest phase reduction: every step_i-th tap of a column of taps, likewise rows
+        r_max = Cg * -(-kH // step_i) * -(-kW // step_j)
+        splits, r_slice = split_k(tiles, r_max, max_blocks // 64, split)
         scalars = tuple(_I32(v) for v in (
             N, C_in, H, W, C_out, Ho, Wo, kH, kW, sH, sW, pH, pW, dH, dW, groups, has_bias,
-            step_i, step_j))
-        p_tiles = -(-(N * -(-Ho // sH) * -(-Wo // sW)) // 128)
-        items = p_tiles * -(-Kg // 64) * groups * sH * sW
-        return expr("conv_transpose2d_gemm", CTYPES[dtype]), _grid(items, max_blocks), 0, scalars
+            step_i, step_j, splits, r_slice))
+        name = expr("conv_transpose2d_gemm", CTYPES[dtype])
+        return name, _grid(tiles * splits, max_blocks), 0, scalars, splits
     kb = _pick_kb(Kg, khw, acc)
     if khw * kb * acc > SMEM_BUDGET:
         raise ValueError(
@@ -230,7 +241,7 @@ def _conv_transpose2d_config(xshape, wshape, has_bias, oshape, stride, padding, 
         step_i, step_j, cb))
     items = -(-(N * Ho * Wo) // BLOCK) * -(-Kg // kb) * groups
     name = expr("conv_transpose2d_direct", CTYPES[dtype], kb)
-    return name, _grid(items, max_blocks), cb * khw * kb * acc, scalars
+    return name, _grid(items, max_blocks), cb * khw * kb * acc, scalars, 1
 
 
 def conv2d(x, weight, bias, *, stride, padding, dilation, groups, out_hw):
@@ -248,5 +259,5 @@ def conv_transpose2d(x, weight, bias, *, stride, padding, dilation, groups, out_
     out = cp.empty((x.shape[0], c_out, out_hw[0], out_hw[1]), dtype=x.dtype)
     if out.size:
         _module.run(plan_conv_transpose2d(x, weight, bias, out, stride, padding, dilation, groups,
-                                          _module.max_blocks()))
+                                          _module.max_blocks(), cp.empty))
     return out

@@ -412,13 +412,17 @@ __device__ __forceinline__ int floordiv(int a, int b) {
 // e(i) = (i * dH - ay) / sH; so each of the sH * sW phases is a stride-1 correlation with
 // nI x nJ taps: out[k, p] = sum over r = (c, mi, mj) of W[c, k, i, j] * x[c, u - e(i), .],
 // with the batch folded into p as in conv2d_gemm.  Work items are (pixel tile, channel
-// tile, group, phase); a phase smaller than the largest skips its last pixel tiles.
+// tile, group, phase, split); a phase smaller than the largest skips its last pixel tiles.
+// Split-K as conv2d_gemm: split s reduces rows [s * r_slice, (s + 1) * r_slice) of its
+// phase's R (none, for a phase with fewer rows: its partial sums are then 0) into
+// part[s][n][k][y][x], and conv_sum_splits adds the slices and the bias.
 template <typename T>
 __global__ void __launch_bounds__(256)
 conv_transpose2d_gemm(const T* __restrict__ x, const T* __restrict__ w,
                       const T* __restrict__ bias, T* __restrict__ out, int N, int C_in, int H,
                       int W, int C_out, int Ho, int Wo, int kH, int kW, int sH, int sW, int pH,
-                      int pW, int dH, int dW, int groups, int has_bias, int stepI, int stepJ) {
+                      int pW, int dH, int dW, int groups, int has_bias, int stepI, int stepJ,
+                      int splits, int r_slice, typename Acc<T>::type* __restrict__ part) {
     typedef typename Acc<T>::type A;
     constexpr int BM = Gemm::BM, BN = Gemm::BN, BK = Gemm::BK, TM = Gemm::TM, TN = Gemm::TN;
     __shared__ __align__(16) A As[BK][BM + 4];
@@ -429,7 +433,7 @@ conv_transpose2d_gemm(const T* __restrict__ x, const T* __restrict__ w,
     const i64 HW = (i64)H * W, HWo = (i64)Ho * Wo;
     const i64 pTiles = ((i64)N * ((Ho + sH - 1) / sH) * ((Wo + sW - 1) / sW) + BN - 1) / BN;
     const int mTiles = (Kg + BM - 1) / BM;
-    const i64 items = pTiles * mTiles * groups * sH * sW;
+    const i64 items = pTiles * mTiles * groups * sH * sW * splits;
 
     const int tid = threadIdx.x, tx = tid & 31;
     const int a_r = tid & (BK - 1), a_m = tid >> 4;  // weight loads: (k = a_m + 16q, r = a_r)
@@ -439,8 +443,9 @@ conv_transpose2d_gemm(const T* __restrict__ x, const T* __restrict__ w,
         const i64 pt = item % pTiles;
         const i64 rest = item / pTiles;
         const int mt = (int)(rest % mTiles);
-        const int gp = (int)(rest / mTiles);
-        const int g = gp % groups, phase = gp / groups;
+        const int gps = (int)(rest / mTiles);
+        const int g = gps % groups, phase = (gps / groups) % (sH * sW);
+        const int split = gps / groups / (sH * sW);
         const int ay = phase / sW, ax = phase - ay * sW;
 
         // this phase's taps and output rows/columns (uniform over the block)
@@ -506,7 +511,8 @@ conv_transpose2d_gemm(const T* __restrict__ x, const T* __restrict__ w,
         };
 
         A acc[TM][TN];
-        gemm_mainloop(acc, As, Bs, 0, R, load_slice);
+        const int r_begin = split * r_slice;  // may be >= R: then acc stays 0
+        gemm_mainloop(acc, As, Bs, r_begin, imin(r_begin + r_slice, R), load_slice);
 
 #pragma unroll
         for (int j = 0; j < TN; ++j) {
@@ -516,8 +522,12 @@ conv_transpose2d_gemm(const T* __restrict__ x, const T* __restrict__ w,
             const int uv = (int)(p - n * HWp);
             const int u = uv / Wp, v = uv - u * Wp;
             const int y = ay - pH + sH * (u0 + u), xo = ax - pW + sW * (v0 + v);
-            T* ob = out + ((i64)n * C_out + (i64)g * Kg) * HWo + (i64)y * Wo + xo;
-            gemm_store_column(ob, acc, j, m0, Kg, HWo, bias + g * Kg, has_bias);
+            const i64 o = ((i64)n * C_out + (i64)g * Kg) * HWo + (i64)y * Wo + xo;
+            if (splits > 1)  // partial sums, no bias: conv_sum_splits finishes
+                gemm_store_column(part + (i64)split * N * C_out * HWo + o, acc, j, m0, Kg, HWo,
+                                  bias, 0);
+            else
+                gemm_store_column(out + o, acc, j, m0, Kg, HWo, bias + g * Kg, has_bias);
         }
     }
 }
