@@ -52,34 +52,41 @@ def plan_deform_conv2d(x, offset, weight, bias, mask, out, col, stride, padding,
     ``nb`` images at a time.  ``empty`` allocates the split-K workspace of the GEMM
     (see :func:`.conv.plan_conv2d`).
     """
-    N, C_in, H, W = x.shape
+    N = x.shape[0]
     C_out, Cg, kH, kW = weight.shape
-    Ho, Wo = out.shape[2], out.shape[3]
     nb = col.shape[0]
-    ctype = CTYPES[x.dtype]
-    sH, sW = stride
-    pH, pW = padding
-    dH, dW = dilation
-    khw = kH * kW
-    has_mask = mask is not None
-    w_cols = weight.reshape(C_out, Cg * khw, 1, 1)
-    name = expr("deform_im2col", ctype)
+    w_cols = weight.reshape(C_out, Cg * kH * kW, 1, 1)
     launches = []
-    for n0 in range(0, N, nb):
-        m = min(nb, N - n0)
-        args = (
-            x, offset, mask if has_mask else offset, col,
-            _I32(n0), _I32(m), _I32(C_in), _I32(H), _I32(W), _I32(Ho), _I32(Wo),
-            _I32(kH), _I32(kW), _I32(sH), _I32(sW), _I32(pH), _I32(pW), _I32(dH), _I32(dW),
-            _I32(offset_groups), _I32(has_mask),
-        )
-        total = m * offset_groups * khw * Ho * Wo
-        launches.append((name, _grid(-(-total // BLOCK), max_blocks), BLOCK, 0, args))
+    for n0, m, name, grid, scalars in _im2col_chunks(
+            x.shape, weight.shape, out.shape, nb, stride, padding, dilation, offset_groups,
+            mask is not None, x.dtype.char, max_blocks):
+        args = (x, offset, offset if mask is None else mask, col) + scalars
+        launches.append((name, grid, BLOCK, 0, args))
         cols = col if m == nb else col[:m]
         outs = out if (n0 == 0 and m == N) else out[n0:n0 + m]
         launches += plan_conv2d(cols, w_cols, bias, outs, (1, 1), (0, 0), (1, 1), groups,
                                 max_blocks, empty)
     return launches
+
+
+@functools.lru_cache(maxsize=1024)
+def _im2col_chunks(xshape, wshape, oshape, nb, stride, padding, dilation, offset_groups,
+                   has_mask, dchar, max_blocks):
+    """``[(n0, images, kernel name, grid, scalar args)]``: the deform_im2col launch of each
+    chunk of ``nb`` images, memoised on the shapes and parameters."""
+    N, C_in, H, W = xshape
+    kH, kW = wshape[2], wshape[3]
+    Ho, Wo = oshape[2], oshape[3]
+    name = expr("deform_im2col", CTYPES[np.dtype(dchar)])
+    chunks = []
+    for n0 in range(0, N, nb):
+        m = min(nb, N - n0)
+        scalars = tuple(_I32(v) for v in (
+            n0, m, C_in, H, W, Ho, Wo, kH, kW, *stride, *padding, *dilation, offset_groups,
+            has_mask))
+        total = m * offset_groups * kH * kW * Ho * Wo
+        chunks.append((n0, m, name, _grid(-(-total // BLOCK), max_blocks), scalars))
+    return tuple(chunks)
 
 
 def offset_group_span(c_in: int, groups: int, offset_groups: int) -> int:
