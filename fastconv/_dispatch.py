@@ -255,14 +255,29 @@ def prepare(backend, **arrays) -> Call:
     return Call(name, module, native, dtype, kinds[first], device)
 
 
+def stack_boxes(xp, items, is_list: bool, dtype):
+    """The ``(K, 5)`` C-contiguous boxes in ``dtype`` from either torchvision format, built
+    with the array module ``xp`` (``numpy``, or ``cupy`` on the device, no host trip).
+
+    ``items`` is ``[(K, 5) array]`` or, for the list form, the ``(L_n, 4)`` arrays, whose
+    rows get batch index ``n``.
+    """
+    if not is_list:
+        return xp.ascontiguousarray(items[0].astype(dtype, copy=False))
+    rows = [xp.concatenate([xp.full((b.shape[0], 1), n, dtype), b.astype(dtype, copy=False)],
+                           axis=1) for n, b in enumerate(items)]
+    return xp.concatenate(rows, axis=0) if rows else xp.zeros((0, 5), dtype)
+
+
 def prepare_boxes(call: Call, boxes, batch: int, check: bool):
     """Boxes in either torchvision format -> a native ``(K, 5)`` array in the input's dtype.
 
     A list/tuple of ``(L_n, 4)`` arrays gets batch index ``n`` for its ``n``-th
     entry.  With ``check`` the coordinates must be finite and the batch indices
-    integers in ``[0, batch)``: on a GPU, boxes already in the input's dtype are checked
-    there (one kernel, a 4-byte copy back and a sync); other boxes make a round trip
-    through the host.
+    integers in ``[0, batch)``.  On a GPU the boxes are checked there (one kernel, a
+    4-byte copy back and a sync); a backend that can build them on the device
+    (``stack_boxes``: the cupy backend) does so for the list form and other dtypes too,
+    otherwise those make a round trip through the host.  The host path words the errors.
     """
     is_list = isinstance(boxes, (list, tuple))
     items = list(boxes) if is_list else [boxes]
@@ -276,15 +291,19 @@ def prepare_boxes(call: Call, boxes, batch: int, check: bool):
         host_items.append(native)
     _args.check_box_shapes([tuple(b.shape) for b in host_items], is_list)
 
-    if not is_list and call.device is not None and host_items[0].dtype == call.dtype:
-        # already a native (K, 5) array: no copy; checked on the device (one int comes
-        # back), and copied to the host below only to word the error
-        boxes = host_items[0]
-        if not check:
-            return boxes
+    stack = getattr(call.module, "stack_boxes", None)
+    native_k5 = not is_list and host_items[0].dtype == call.dtype
+    if call.device is not None and (native_k5 or stack is not None):
+        # built and checked on the device (one int comes back); copied to the host below
+        # only to word the error
+        if native_k5 and not check:
+            return host_items[0]  # as given: no copy
         with call.module.use_device(call.device):
-            boxes = call.module.ascontiguous(boxes)
-            if call.module.count_bad_boxes(boxes, batch) == 0:
+            if native_k5:
+                boxes = call.module.ascontiguous(host_items[0])
+            else:
+                boxes = stack(host_items, is_list, call.dtype)
+            if not check or call.module.count_bad_boxes(boxes, batch) == 0:
                 return boxes
     if is_list:
         parts = [call.host_array(b).astype(np.float64, copy=False) for b in host_items]

@@ -59,3 +59,92 @@ def test_unusable_gpu_backend_says_what_is_missing(name):
     assert "pip install" in why or "GPU" in why or "CUDA" in why, why
     with pytest.raises(fastconv.BackendUnavailableError):
         _dispatch.get_backend(name)
+
+
+# ------------------------------------------------------------------ boxes built on the device
+
+
+def _host_rois(boxes, dtype, batch=3):
+    call = _dispatch.Call("cpu", _dispatch.get_backend("cpu"), {}, np.dtype(dtype), "numpy")
+    return _dispatch.prepare_boxes(call, boxes, batch, check=True)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_stack_boxes_matches_the_host_path(dtype):
+    """What the cupy backend runs with cupy on the device, run here with numpy."""
+    rng = np.random.default_rng(0)
+    per_image = [rng.uniform(0, 9, (4, 4)), np.zeros((0, 4)), rng.integers(0, 9, (2, 4))]
+    for items, is_list in [(per_image, True), ([], True), ([np.zeros((0, 4))], True),
+                           ([np.c_[np.array([2, 0, 1]), rng.uniform(0, 9, (3, 4))]], False)]:
+        got = _dispatch.stack_boxes(np, items, is_list, np.dtype(dtype))
+        want = _host_rois(items if is_list else items[0], dtype)
+        assert got.dtype == want.dtype and got.flags.c_contiguous
+        np.testing.assert_array_equal(got, want)
+
+
+class _OnDevice:
+    """A host array dressed as a GPU array (array kind "cai") for the fake backend below."""
+
+    __cuda_array_interface__ = {}
+
+    def __init__(self, a):
+        self.a = np.asarray(a)
+
+
+class _FakeGpuBackend:
+    """A GPU backend whose "device" arrays are numpy arrays, recording what ran there."""
+
+    def __init__(self):
+        self.ran = []
+
+    def as_native(self, obj):
+        return obj.a
+
+    def device_id(self, a):
+        return 0
+
+    def use_device(self, device):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def ascontiguous(self, a):
+        return np.ascontiguousarray(a)
+
+    def stack_boxes(self, items, is_list, dtype):
+        self.ran.append("stack")
+        return _dispatch.stack_boxes(np, items, is_list, dtype)
+
+    def count_bad_boxes(self, rois, batch):
+        self.ran.append("check")
+        idx = rois[:, 0].astype(np.float64)
+        ok = np.isfinite(rois).all(axis=1) & (idx == np.floor(idx)) & (idx >= 0) & (idx < batch)
+        return int((~ok).sum())
+
+    def to_host(self, a):
+        self.ran.append("to_host")
+        return np.asarray(a)
+
+
+@pytest.mark.parametrize("check", [True, False])
+def test_list_boxes_are_built_and_checked_on_the_device(check):
+    module = _FakeGpuBackend()
+    call = _dispatch.Call("fake", module, {}, np.dtype(np.float32), "cai", device=0)
+    per_image = [np.array([[0, 1, 5, 6.0]]), np.array([[1, 0, 6, 3.5], [2, 2, 3, 3.0]])]
+    got = _dispatch.prepare_boxes(call, [_OnDevice(b) for b in per_image], 2, check)
+    np.testing.assert_array_equal(got, _host_rois(per_image, np.float32, batch=2))
+    assert module.ran == (["stack", "check"] if check else ["stack"])  # no host round trip
+    # float64 (K, 5) boxes for a float32 input: converted on the device as well
+    module.ran.clear()
+    k5 = np.array([[1, 0, 6, 3.5, 2.0]])
+    got = _dispatch.prepare_boxes(call, _OnDevice(k5), 2, check)
+    assert got.dtype == np.float32 and module.ran == (["stack", "check"] if check else ["stack"])
+
+
+def test_bad_list_boxes_found_on_the_device_are_worded_by_the_host_path():
+    module = _FakeGpuBackend()
+    call = _dispatch.Call("fake", module, {}, np.dtype(np.float32), "cai", device=0)
+    per_image = [np.array([[0, 1, 5, 6.0]]), np.array([[1, 0, np.nan, 3.5]])]
+    with pytest.raises(ValueError, match="boxes must be finite, row 1"):
+        _dispatch.prepare_boxes(call, [_OnDevice(b) for b in per_image], 2, True)
+    assert module.ran[:2] == ["stack", "check"] and "to_host" in module.ran

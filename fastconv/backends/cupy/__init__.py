@@ -74,6 +74,15 @@ def use_device(device_id):
     return cupy.cuda.Device(device_id)
 
 
+def stack_boxes(items, is_list, dtype):
+    """RoI boxes in either torchvision format as a ``(K, 5)`` array, built on the device."""
+    import cupy
+
+    from ..._dispatch import stack_boxes as stack
+
+    return stack(cupy, items, is_list, dtype)
+
+
 def to_host(a):
     import cupy
 
