@@ -185,6 +185,9 @@ def test_every_instantiation_matches_oracle(dtype):
          _conv(2, 20, 70, (3, 3), padding=1)),
         ("conv_transpose2d_gemm", [(cupy_conv, "TRANSPOSED_GEMM", True)],
          _convt(6, 70, (6, 6), stride=3, padding=1)),
+        ("conv_transpose2d_gemm 32-row tiles (FCN-like: 16x16 taps at stride 8)",
+         [(cupy_conv, "TRANSPOSED_GEMM", True)],
+         _convt(4, 21, (16, 16), stride=8, padding=4)),
         # phases of 1 or 2 taps per axis (R = 6, 12, 24): the second slice is empty for some
         ("conv_transpose2d_gemm split", [(cupy_conv, "TRANSPOSED_GEMM", True),
                                          (cupy_conv, "SPLIT_K", 3)],

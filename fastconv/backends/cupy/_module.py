@@ -39,6 +39,8 @@ DEPTHWISE_KSZ = (0, 3, 5)
 #: compile-time square kernel sizes of deform_conv2d_gemm (0 = any size); not 3 for double,
 #: whose 3x3 sampling table does not fit in shared memory (deform.fused_config)
 DEFORM_KSZ = (0, 3)
+#: output channels per tile of conv_transpose2d_gemm (32 for narrow groups)
+TRANSPOSED_GEMM_BM = (32, 64)
 #: output channels per thread of conv2d_direct / conv_transpose2d_direct
 DIRECT_KB = (1, 2, 4, 8, 16)
 #: channels per thread of roi_align / roi_pool
@@ -75,7 +77,7 @@ def name_expressions(file: str, ctype: str) -> tuple[str, ...]:
             *(expr("conv2d_depthwise_tiled", ctype, k) for k in DEPTHWISE_KSZ),
             expr("conv2d_depthwise_direct", ctype),
             *(expr("conv_transpose2d_direct", ctype, kb) for kb in DIRECT_KB),
-            expr("conv_transpose2d_gemm", ctype),
+            *(expr("conv_transpose2d_gemm", ctype, bm) for bm in TRANSPOSED_GEMM_BM),
         )
     if file == "deform.cu":
         return (expr("deform_im2col", ctype),

@@ -220,15 +220,17 @@ def _conv_transpose2d_config(xshape, wshape, has_bias, oshape, stride, padding, 
     khw = kH * kW
     step_i, step_j = sH // math.gcd(sH, dH), sW // math.gcd(sW, dW)
     if gemm:
+        # 32-row tiles when a group has <= 32 output channels: 64 would leave half idle
+        bm = 32 if Kg <= 32 else 64
         p_tiles = -(-(N * -(-Ho // sH) * -(-Wo // sW)) // 128)
-        tiles = p_tiles * -(-Kg // 64) * groups * sH * sW
+        tiles = p_tiles * -(-Kg // bm) * groups * sH * sW
         # the longest phase reduction: every step_i-th tap of a column of taps, likewise rows
         r_max = Cg * -(-kH // step_i) * -(-kW // step_j)
         splits, r_slice = split_k(tiles, r_max, max_blocks // 64, split)
         scalars = tuple(_I32(v) for v in (
             N, C_in, H, W, C_out, Ho, Wo, kH, kW, sH, sW, pH, pW, dH, dW, groups, has_bias,
             step_i, step_j, splits, r_slice))
-        name = expr("conv_transpose2d_gemm", CTYPES[dtype])
+        name = expr("conv_transpose2d_gemm", CTYPES[dtype], bm)
         return name, _grid(tiles * splits, max_blocks), 0, scalars, splits
     kb = _pick_kb(Kg, khw, acc)
     if khw * kb * acc > SMEM_BUDGET:

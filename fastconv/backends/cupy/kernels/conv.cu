@@ -415,8 +415,9 @@ __device__ __forceinline__ int floordiv(int a, int b) {
 // tile, group, phase, split); a phase smaller than the largest skips its last pixel tiles.
 // Split-K as conv2d_gemm: split s reduces rows [s * r_slice, (s + 1) * r_slice) of its
 // phase's R (none, for a phase with fewer rows: its partial sums are then 0) into
-// part[s][n][k][y][x], and conv_sum_splits adds the slices and the bias.
-template <typename T>
+// part[s][n][k][y][x], and conv_sum_splits adds the slices and the bias.  BM = 32 or 64
+// output channels per tile (GemmTile): 32 for narrow groups such as FCN's 21 classes.
+template <typename T, int BM_>
 __global__ void __launch_bounds__(256)
 conv_transpose2d_gemm(const T* __restrict__ x, const T* __restrict__ w,
                       const T* __restrict__ bias, T* __restrict__ out, int N, int C_in, int H,
@@ -424,7 +425,8 @@ conv_transpose2d_gemm(const T* __restrict__ x, const T* __restrict__ w,
                       int pW, int dH, int dW, int groups, int has_bias, int stepI, int stepJ,
                       int splits, int r_slice, typename Acc<T>::type* __restrict__ part) {
     typedef typename Acc<T>::type A;
-    constexpr int BM = Gemm::BM, BN = Gemm::BN, BK = Gemm::BK, TM = Gemm::TM, TN = Gemm::TN;
+    typedef GemmTile<BM_> G;
+    constexpr int BM = G::BM, BN = G::BN, BK = G::BK, TM = G::TM, TN = G::TN, AQ = G::AQ;
     __shared__ __align__(16) A As[BK][BM + 4];
     __shared__ __align__(16) A Bs[BK][BN];
 
@@ -482,7 +484,7 @@ conv_transpose2d_gemm(const T* __restrict__ x, const T* __restrict__ w,
         }
         const T* wg = w + (i64)g * Cg * Kg * kHW;  // weight (C_in, Kg, kH, kW), this group
 
-        auto load_slice = [&](int r0, A (&ra)[4], A (&rb)[8]) {
+        auto load_slice = [&](int r0, A (&ra)[AQ], A (&rb)[8]) {
             const int ra_r = r0 + a_r;
             const bool ra_ok = ra_r < R;
             const T* wr = wg;
@@ -492,7 +494,7 @@ conv_transpose2d_gemm(const T* __restrict__ x, const T* __restrict__ w,
                 wr = wg + (i64)c * Kg * kHW + (i0 + mi * stepI) * kW + (j0 + mj * stepJ);
             }
 #pragma unroll
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < AQ; ++q) {
                 const int m = m0 + a_m + 16 * q;
                 ra[q] = (ra_ok && m < Kg) ? ld(wr + (i64)m * kHW) : A(0);
             }
@@ -512,7 +514,7 @@ conv_transpose2d_gemm(const T* __restrict__ x, const T* __restrict__ w,
 
         A acc[TM][TN];
         const int r_begin = split * r_slice;  // may be >= R: then acc stays 0
-        gemm_mainloop(acc, As, Bs, r_begin, imin(r_begin + r_slice, R), load_slice);
+        gemm_mainloop<G>(acc, As, Bs, r_begin, imin(r_begin + r_slice, R), load_slice);
 
 #pragma unroll
         for (int j = 0; j < TN; ++j) {

@@ -8,49 +8,53 @@
 
 namespace fc {
 
-// The tile shape of conv2d_gemm and conv_transpose2d_gemm: 64 (k) x 128 (p) per block of
-// 256 threads (8 x 32), 16-deep slices of the reduction, an 8x4 register tile per thread.
-struct Gemm {
-    static constexpr int BM = 64, BN = 128, BK = 16, TM = 8, TN = 4;
+// A tile shape: BM (k) x 128 (p) per block of 256 threads (8 x 32), 16-deep slices of the
+// reduction, a (BM/8) x 4 register tile per thread; each thread loads AQ = BM/16 weight
+// elements per slice.  Gemm, 64 x 128, is the default of every GEMM kernel;
+// conv_transpose2d_gemm also has 32 x 128 for 32 or fewer output channels per group.
+template <int BM_>
+struct GemmTile {
+    static constexpr int BM = BM_, BN = 128, BK = 16, TM = BM_ / 8, TN = 4, AQ = BM_ / 16;
 };
+typedef GemmTile<64> Gemm;
 
-// acc = sum over r in [r_begin, r_end) of A[m, r] * B[r, p] for this thread's 8x4 (m, p):
-// rows m = ty + 8i of the block's 64, columns p = tx + 32j of its 128.  load(r0, ra, rb)
+// acc = sum over r in [r_begin, r_end) of A[m, r] * B[r, p] for this thread's TM x 4 (m, p):
+// rows m = ty + 8i of the block's BM, columns p = tx + 32j of its 128.  load(r0, ra, rb)
 // fetches this thread's share of the slice starting at r0: ra[q] = A[a_m + 16q, r0 + a_r]
-// and rb[q] = B[r0 + b_r + 2q, b_p] (a_r = tid % 16, a_m = tid / 16, b_p = tid % 128,
-// b_r = tid / 128), zero outside the problem.  The next slice is loaded into registers
+// (q < AQ) and rb[q] = B[r0 + b_r + 2q, b_p] (a_r = tid % 16, a_m = tid / 16, b_p = tid %
+// 128, b_r = tid / 128), zero outside the problem.  The next slice is loaded into registers
 // while the current one, in shared memory, is multiplied.  Every thread must call it.
-template <typename A, typename Load>
-__device__ __forceinline__ void gemm_mainloop(A (&acc)[Gemm::TM][Gemm::TN],
-                                              A (*As)[Gemm::BM + 4], A (*Bs)[Gemm::BN],
-                                              int r_begin, int r_end, Load load) {
+template <typename G = Gemm, typename A, typename Load>
+__device__ __forceinline__ void gemm_mainloop(A (&acc)[G::TM][G::TN], A (*As)[G::BM + 4],
+                                              A (*Bs)[G::BN], int r_begin, int r_end,
+                                              Load load) {
     const int tid = threadIdx.x, tx = tid & 31, ty = tid >> 5;
-    const int a_r = tid & (Gemm::BK - 1), a_m = tid >> 4;
-    const int b_p = tid & (Gemm::BN - 1), b_r = tid >> 7;
+    const int a_r = tid & (G::BK - 1), a_m = tid >> 4;
+    const int b_p = tid & (G::BN - 1), b_r = tid >> 7;
 #pragma unroll
-    for (int i = 0; i < Gemm::TM; ++i)
+    for (int i = 0; i < G::TM; ++i)
 #pragma unroll
-        for (int j = 0; j < Gemm::TN; ++j) acc[i][j] = A(0);
-    A ra[4], rb[8];
+        for (int j = 0; j < G::TN; ++j) acc[i][j] = A(0);
+    A ra[G::AQ], rb[8];
     load(r_begin, ra, rb);
-    for (int r0 = r_begin; r0 < r_end; r0 += Gemm::BK) {
+    for (int r0 = r_begin; r0 < r_end; r0 += G::BK) {
 #pragma unroll
-        for (int q = 0; q < 4; ++q) As[a_r][a_m + 16 * q] = ra[q];
+        for (int q = 0; q < G::AQ; ++q) As[a_r][a_m + 16 * q] = ra[q];
 #pragma unroll
         for (int q = 0; q < 8; ++q) Bs[b_r + 2 * q][b_p] = rb[q];
         __syncthreads();
-        if (r0 + Gemm::BK < r_end) load(r0 + Gemm::BK, ra, rb);  // overlaps the multiply below
+        if (r0 + G::BK < r_end) load(r0 + G::BK, ra, rb);  // overlaps the multiply below
 #pragma unroll
-        for (int kk = 0; kk < Gemm::BK; ++kk) {
-            A a[Gemm::TM], b[Gemm::TN];
+        for (int kk = 0; kk < G::BK; ++kk) {
+            A a[G::TM], b[G::TN];
 #pragma unroll
-            for (int i = 0; i < Gemm::TM; ++i) a[i] = As[kk][ty + 8 * i];
+            for (int i = 0; i < G::TM; ++i) a[i] = As[kk][ty + 8 * i];
 #pragma unroll
-            for (int j = 0; j < Gemm::TN; ++j) b[j] = Bs[kk][tx + 32 * j];
+            for (int j = 0; j < G::TN; ++j) b[j] = Bs[kk][tx + 32 * j];
 #pragma unroll
-            for (int i = 0; i < Gemm::TM; ++i)
+            for (int i = 0; i < G::TM; ++i)
 #pragma unroll
-                for (int j = 0; j < Gemm::TN; ++j) acc[i][j] += a[i] * b[j];
+                for (int j = 0; j < G::TN; ++j) acc[i][j] += a[i] * b[j];
         }
         __syncthreads();
     }
@@ -60,13 +64,13 @@ __device__ __forceinline__ void gemm_mainloop(A (&acc)[Gemm::TM][Gemm::TN],
 // thread's rows m = m0 + ty + 8i < Kg.  ob points at the group's first output channel at
 // the column's pixel, bias_g at the group's first bias.  (Split-K partial sums use it
 // with O = A and no bias.)
-template <typename O, typename A, typename B>
-__device__ __forceinline__ void gemm_store_column(O* ob, const A (&acc)[Gemm::TM][Gemm::TN],
-                                                  int j, int m0, int Kg, i64 HWo,
-                                                  const B* bias_g, int has_bias) {
+template <typename O, typename A, typename B, int TM, int TN>
+__device__ __forceinline__ void gemm_store_column(O* ob, const A (&acc)[TM][TN], int j, int m0,
+                                                  int Kg, i64 HWo, const B* bias_g,
+                                                  int has_bias) {
     const int ty = threadIdx.x >> 5;
 #pragma unroll
-    for (int i = 0; i < Gemm::TM; ++i) {
+    for (int i = 0; i < TM; ++i) {
         const int m = m0 + ty + 8 * i;
         if (m < Kg) {
             const A bv = has_bias ? ld(bias_g + m) : A(0);
