@@ -5,6 +5,8 @@
 Each path is implemented and tested (CPU emulator, NVRTC) but off by default until a
 run of this script shows where it pays:
 
+* ``conv.DEPTHWISE_TILED``: depthwise conv2d without the shared-memory tile (one thread
+  per output) -- the depthwise case;
 * ``conv.SPLIT_K``: the conv2d implicit GEMM with its reduction split when its tiles
   leave the GPU short of blocks (``None`` = automatic, ``1`` = off) -- conv2d and
   deform_conv2d cases;
@@ -33,7 +35,8 @@ from fastconv.backends.cupy import deform as cupy_deform
 from fastconv.backends.cupy import roi as cupy_roi
 
 #: setting -> the module that holds it
-OWNER = {"SPLIT_K": cupy_conv, "TRANSPOSED_GEMM": cupy_conv, "DEFORM_FUSED": cupy_deform,
+OWNER = {"SPLIT_K": cupy_conv, "TRANSPOSED_GEMM": cupy_conv, "DEPTHWISE_TILED": cupy_conv,
+         "DEFORM_FUSED": cupy_deform,
          "ROI_BOX_GRID": cupy_roi, "ROI_CB": cupy_roi}
 _ROI = [{"ROI_BOX_GRID": False, "ROI_CB": None}, {"ROI_BOX_GRID": True, "ROI_CB": None},
         {"ROI_BOX_GRID": True, "ROI_CB": 1}, {"ROI_BOX_GRID": False, "ROI_CB": 1},
@@ -41,14 +44,16 @@ _ROI = [{"ROI_BOX_GRID": False, "ROI_CB": None}, {"ROI_BOX_GRID": True, "ROI_CB"
 #: op -> the arms: settings per contestant, the default first; the arms of an op set the
 #: same settings, so none carries over from the arm before it
 VARIANTS = {
-    "conv2d": [{"SPLIT_K": 1}, {"SPLIT_K": None}],
+    "conv2d": [{"SPLIT_K": s, "DEPTHWISE_TILED": t} for s, t in ((1, True), (None, True),
+                                                                   (1, False))],
     "deform_conv2d": [{"DEFORM_FUSED": f, "SPLIT_K": s} for f in (False, True) for s in (1, None)],
     "conv_transpose2d": [{"TRANSPOSED_GEMM": g, "SPLIT_K": s}
                          for g, s in ((False, 1), (True, 1), (True, None))],
     "roi_align": _ROI,
     "roi_pool": _ROI,
 }
-DEFAULT_CASES = ("dilated_aspp,dilated_small,deform_dcnv2,transposed_fcn,transposed_decoder,"
+DEFAULT_CASES = ("dilated_aspp,dilated_small,depthwise,deform_dcnv2,transposed_fcn,"
+                 "transposed_decoder,"
                  "roi_align_fpn,roi_align_mask,roi_pool_fpn")
 
 

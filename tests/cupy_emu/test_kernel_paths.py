@@ -183,6 +183,8 @@ def test_every_instantiation_matches_oracle(dtype):
     for label, settings_, make in [
         ("conv2d_gemm split 3 ways", [(cupy_conv, "SPLIT_K", 3)],
          _conv(2, 20, 70, (3, 3), padding=1)),
+        ("conv2d_depthwise_direct by choice", [(cupy_conv, "DEPTHWISE_TILED", False)],
+         _conv(2, 3, 6, (3, 3), groups=3, padding=1)),
         ("conv_transpose2d_gemm", [(cupy_conv, "TRANSPOSED_GEMM", True)],
          _convt(6, 70, (6, 6), stride=3, padding=1)),
         ("conv_transpose2d_gemm 32-row tiles (FCN-like: 16x16 taps at stride 8)",

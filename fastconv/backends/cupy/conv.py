@@ -48,6 +48,11 @@ SPLIT_K: int | None = 1
 #: ``bench/ab_cupy_variants.py`` says for which shapes it pays (on the H100 the gathering
 #: kernel ran transposed_fcn, 16x16 taps at stride 8, at 0.9 TFLOP/s: 4.99x cuDNN)
 TRANSPOSED_GEMM = False
+#: depthwise conv2d through the shared-memory tiled kernel where its tile fits; False sends
+#: every depthwise call to conv2d_depthwise_direct (one thread per output, cached loads),
+#: an A/B arm of ``bench/ab_cupy_variants.py`` for small maps (H100, depthwise 1x256x56x56:
+#: tiled 11.0 us, cuDNN 10.7 us)
+DEPTHWISE_TILED = True
 #: dynamic shared memory a launch may use (the default per-block limit)
 SMEM_BUDGET = 48 * 1024
 BLOCK = 256
@@ -85,7 +90,7 @@ def plan_conv2d(x, weight, bias, out, stride, padding, dilation, groups, max_blo
     """
     name, grid, smem, scalars, splits = _conv2d_config(
         x.shape, weight.shape, bias is not None, out.shape, stride, padding, dilation, groups,
-        x.dtype.char, max_blocks, SPLIT_K if empty is not None else 1,
+        x.dtype.char, max_blocks, SPLIT_K if empty is not None else 1, DEPTHWISE_TILED,
     )
     args = (x, weight, weight if bias is None else bias, out) + scalars
     if not name.startswith("fc::conv2d_gemm"):
@@ -157,10 +162,11 @@ def plan_conv_transpose2d(x, weight, bias, out, stride, padding, dilation, group
 
 @functools.lru_cache(maxsize=4096)
 def _conv2d_config(xshape, wshape, has_bias, oshape, stride, padding, dilation, groups, dchar,
-                   max_blocks, split=None):
+                   max_blocks, split=None, depthwise_tiled=True):
     """``(kernel name, grid, shared memory bytes, scalar args, splits)`` of one conv2d launch.
 
-    ``split`` is :data:`SPLIT_K` (None: automatic; an int: that many slices).
+    ``split`` is :data:`SPLIT_K` (None: automatic; an int: that many slices);
+    ``depthwise_tiled`` is :data:`DEPTHWISE_TILED`.
     """
     N, C_in, H, W = xshape
     C_out, Cg, kH, kW = wshape
@@ -179,7 +185,7 @@ def _conv2d_config(xshape, wshape, has_bias, oshape, stride, padding, dilation, 
 
     if Cg == 1:
         tile = ((31 * sH + (kH - 1) * dH + 1) * (31 * sW + (kW - 1) * dW + 1) + khw) * acc
-        if tile <= SMEM_BUDGET:
+        if tile <= SMEM_BUDGET and depthwise_tiled:
             items = N * C_out * -(-Ho // 32) * -(-Wo // 32)
             name = expr("conv2d_depthwise_tiled", ctype, _ksz(kH, kW, _module.DEPTHWISE_KSZ))
             return name, _grid(items, max_blocks), tile, scalars, 1
