@@ -21,13 +21,18 @@ run of this script shows where it pays:
 
 Per case the peer and every arm run interleaved, device time from CUDA events
 (``fastconv._bench``; the RoI ops without the box check, as in ``fastconv bench``);
-prints medians and ratios, the first arm being the default.
+prints medians and ratios, the first arm being the default, and per op the arm to make
+the default: the lowest geometric mean of its time over the default arm's across the
+op's cases, among the arms whose every output matched the peer (``recommend``).
+``--json`` writes ``{"cases": {case: {...}}, "recommended": {op: {...}}}``;
+``--load FILE`` prints the summary of a saved run (no GPU needed).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 
 from fastconv import _bench, _cases
 from fastconv.backends.cupy import conv as cupy_conv
@@ -84,12 +89,62 @@ def with_settings(runner, settings: dict):
                          runner.gpu, runner.size, device_call=device_call)
 
 
+#: an arm whose output differs from the peer's by more than this (max rel err) is not eligible
+MAX_REL_ERR = 1e-3
+
+
+def recommend(rows: dict) -> dict:
+    """``{op: {"arm", "speedup", "per_case"}}`` from the rows of one run.
+
+    ``speedup`` is the geometric mean over the op's cases of default time / arm time
+    (> 1: the arm is faster); only arms timed on every case of the op, with no error
+    and outputs within ``MAX_REL_ERR`` of the peer's, are eligible.  The default arm
+    itself is eligible, so "keep the default" is a possible answer.
+    """
+    by_op: dict = {}
+    for case_name, row in rows.items():
+        by_op.setdefault(_cases.get(case_name).op, []).append(row)
+    out = {}
+    for op, op_rows in by_op.items():
+        arms = op_rows[0]["arms"]
+        default = arms[0]
+        logs, per_case = {}, {}
+        for arm in arms:
+            total = 0.0
+            for row in op_rows:
+                ms, base = row["ms"].get(arm), row["ms"].get(default)
+                bad = (arm in row["errors"] or not ms or not base
+                       or row["max_rel_err"].get(arm, math.inf) > MAX_REL_ERR)
+                if bad:
+                    break
+                total += math.log(base / ms)
+                per_case.setdefault(arm, []).append(round(base / ms, 3))
+            else:
+                logs[arm] = total / len(op_rows)
+        if logs:
+            best = max(logs, key=logs.get)
+            out[op] = {"arm": best, "speedup": round(math.exp(logs[best]), 3),
+                       "per_case": per_case[best]}
+    return out
+
+
+def print_recommendations(rec: dict) -> None:
+    print("\nrecommended defaults (geometric mean speed-up over the current default):")
+    for op, r in rec.items():
+        print(f"    {op:18s} {r['arm']:45s} x{r['speedup']}  per case {r['per_case']}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", default=DEFAULT_CASES)
     p.add_argument("--repeat", type=int, default=15)
     p.add_argument("--json", default=None)
+    p.add_argument("--load", default=None, help="summarise a saved --json run instead")
     args = p.parse_args()
+    if args.load:
+        with open(args.load) as f:
+            print_recommendations(recommend(json.load(f)["cases"]))
+        return
     defaults = {name: getattr(module, name) for name, module in OWNER.items()}
     env = _bench.GpuEnv.real()
     rows = {}
@@ -118,11 +173,12 @@ def main():
                 ratio = rows[case_name]["ratio"].get(k)
                 print(f"    {k:40s} {ms.get(k)} ms  ratio {ratio}  err {err.get(k)}"
                       f"  {errors.get(k, '')}", flush=True)
+            if args.json:  # after every case: a run cut short by a time limit keeps its cases
+                with open(args.json, "w") as f:
+                    json.dump({"cases": rows, "recommended": recommend(rows)}, f, indent=1)
     finally:
         apply(defaults)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+    print_recommendations(recommend(rows))
 
 
 if __name__ == "__main__":

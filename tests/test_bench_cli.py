@@ -295,3 +295,30 @@ def test_ab_script_arms_name_real_settings_with_the_default_first():
         assert all(getattr(ab.OWNER[n], n) == v for n, v in arms[0].items()), (op, arms[0])
         assert len({ab.arm_label(a) for a in arms}) == len(arms)
         assert all(a.keys() == arms[0].keys() for a in arms), op  # nothing carries over
+
+
+def test_ab_script_recommends_the_fastest_matching_arm():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "ab_cupy_variants.py"
+    spec = importlib.util.spec_from_file_location("ab_cupy_variants", path)
+    ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ab)
+
+    def row(ms, err=None, errors=None):
+        arms = list(ms)
+        return {"arms": arms, "ms": {"peer": 1.0, **ms},
+                "max_rel_err": err or {a: 1e-6 for a in arms}, "errors": errors or {}}
+
+    rows = {
+        # conv2d: "s" wins on one case and loses a little on the other: geomean 1.5 * 0.9
+        "dilated_aspp": row({"d": 2.0, "s": 1.0, "w": 0.5}, err={"d": 0, "s": 0, "w": 0.5}),
+        "dilated_small": row({"d": 1.0, "s": 1.1, "w": 0.1}, err={"d": 0, "s": 0, "w": 0}),
+        # roi_pool: the only faster arm failed: keep the default
+        "roi_pool_fpn": row({"d": 1.0, "x": 0.5}, errors={"x": "boom"}),
+    }
+    rec = ab.recommend(rows)
+    assert rec["conv2d"]["arm"] == "s"  # "w" is fastest but its output is wrong on one case
+    assert rec["conv2d"]["speedup"] == pytest.approx((2.0 / 1.0 * 1.0 / 1.1) ** 0.5, abs=1e-3)
+    assert rec["conv2d"]["per_case"] == [2.0, 0.909]
+    assert rec["roi_pool"] == {"arm": "d", "speedup": 1.0, "per_case": [1.0]}
