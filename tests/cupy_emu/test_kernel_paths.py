@@ -366,3 +366,17 @@ def test_fused_deform_applies_where_its_table_fits():
     assert cupy_deform.offset_group_span(8, 2, 4) == 2
     assert cupy_deform.offset_group_span(6, 3, 2) == 2  # group 1 holds channels 2, 3
     assert cupy_deform.offset_group_span(6, 1, 3) == 3
+    no_channels = ((2, 0, 64, 64), (64, 0, 3, 3), *shapes[2:])
+    assert cupy_deform.fused_config(*no_channels, "f", 64 * 132) is None
+
+
+def test_fused_deform_without_input_channels_gives_the_bias(fused_deform_everywhere):
+    rng = np.random.default_rng(4)
+    arrays = dict(input=np.zeros((2, 0, 5, 6), np.float32),
+                  offset=rng.standard_normal((2, 18, 5, 6)).astype(np.float32),
+                  weight=np.zeros((3, 0, 3, 3), np.float32),
+                  bias=rng.standard_normal(3).astype(np.float32),
+                  mask=rng.uniform(0, 1, (2, 9, 5, 6)).astype(np.float32))
+    out = fastconv.deform_conv2d(**arrays, padding=1, backend=BACKEND)
+    np.testing.assert_array_equal(out, np.broadcast_to(arrays["bias"][None, :, None, None],
+                                                       (2, 3, 5, 6)))

@@ -92,6 +92,8 @@ def _im2col_chunks(xshape, wshape, oshape, nb, stride, padding, dilation, offset
 def offset_group_span(c_in: int, groups: int, offset_groups: int) -> int:
     """The most offset groups that the input channels of one conv group fall in."""
     cg, cpo = c_in // groups, c_in // offset_groups
+    if cg == 0:
+        return 1  # no input channels: nothing to sample (fused_config declines)
     return max((g * cg + cg - 1) // cpo - (g * cg) // cpo + 1 for g in range(groups))
 
 
@@ -102,7 +104,7 @@ def fused_config(xshape, wshape, oshape, stride, padding, dilation, groups, offs
     deform_conv2d_gemm launch, or None where the fused kernel does not apply.
 
     It applies where conv2d would take the implicit GEMM (``C_out/groups >=
-    conv.GEMM_MIN_KG``), the sampling table and the GEMM tiles fit in
+    conv.GEMM_MIN_KG``), there are input channels, the sampling table and the GEMM tiles fit in
     ``conv.SMEM_BUDGET`` of shared memory, and ``(H+1)*(W+1) < 2**31`` (the table's
     corner offsets are 32-bit).  ``split`` is :data:`conv.SPLIT_K`.
     """
@@ -116,9 +118,9 @@ def fused_config(xshape, wshape, oshape, stride, padding, dilation, groups, offs
     span = offset_group_span(C_in, groups, offset_groups)
     gemm_smem = (16 * (64 + 4) + 16 * 128) * acc  # As and Bs of gemm.cuh's tiles
     table = span * khw * 128 * (5 * acc + 4 + 1)
-    if (Kg < conv.GEMM_MIN_KG or gemm_smem + table > conv.SMEM_BUDGET
+    if (Kg < conv.GEMM_MIN_KG or Cg == 0 or gemm_smem + table > conv.SMEM_BUDGET
             or (H + 1) * (W + 1) >= 2**31):
-        return None
+        return None  # (no input channels: the two-stage path writes the bias alone)
     tiles = -(-(N * Ho * Wo) // 128) * -(-Kg // 64) * groups
     splits, r_slice = split_k(tiles, Cg * khw, max_blocks // 64, split)
     (sH, sW), (pH, pW), (dH, dW) = stride, padding, dilation
