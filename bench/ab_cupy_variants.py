@@ -35,14 +35,8 @@ import json
 import math
 
 from fastconv import _bench, _cases
-from fastconv.backends.cupy import conv as cupy_conv
-from fastconv.backends.cupy import deform as cupy_deform
-from fastconv.backends.cupy import roi as cupy_roi
+from fastconv.backends.cupy.variants import apply, current
 
-#: setting -> the module that holds it
-OWNER = {"SPLIT_K": cupy_conv, "TRANSPOSED_GEMM": cupy_conv, "DEPTHWISE_TILED": cupy_conv,
-         "DEFORM_FUSED": cupy_deform,
-         "ROI_BOX_GRID": cupy_roi, "ROI_CB": cupy_roi}
 _ROI = [{"ROI_BOX_GRID": False, "ROI_CB": None}, {"ROI_BOX_GRID": True, "ROI_CB": None},
         {"ROI_BOX_GRID": True, "ROI_CB": 1}, {"ROI_BOX_GRID": False, "ROI_CB": 1},
         {"ROI_BOX_GRID": True, "ROI_CB": 4}]
@@ -64,11 +58,6 @@ DEFAULT_CASES = ("dilated_aspp,dilated_small,depthwise,deform_dcnv2,transposed_f
 
 def arm_label(settings: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in settings.items())
-
-
-def apply(settings: dict) -> None:
-    for name, value in settings.items():
-        setattr(OWNER[name], name, value)
 
 
 def with_settings(runner, settings: dict):
@@ -145,7 +134,7 @@ def main():
         with open(args.load) as f:
             print_recommendations(recommend(json.load(f)["cases"]))
         return
-    defaults = {name: getattr(module, name) for name, module in OWNER.items()}
+    defaults = current()
     env = _bench.GpuEnv.real()
     rows = {}
     try:

@@ -24,12 +24,11 @@ import numpy as np
 
 import fastconv
 from fastconv import _dispatch, _random_cases, reference
-from fastconv.backends.cupy import conv as cupy_conv
-from fastconv.backends.cupy import roi as cupy_roi
+from fastconv.backends.cupy import variants
 
 
 def configs(rng):
-    """(op, arrays, params) covering every cupy kernel variant."""
+    """(op, arrays, params) covering every cupy kernel variant (with :func:`cupy_configs`)."""
     R = rng.standard_normal
 
     def conv(n, cin, cout, g, kh, kw, h, w, **p):
@@ -63,6 +62,13 @@ def configs(rng):
     out.append(("deform_conv2d", dict(
         input=R((n, c, h, w)), offset=R((n, 2 * 4, h - 1, w - 1)), weight=R((2, 2, 2, 2)),
         bias=None, mask=None), dict()))
+    out.append(("deform_conv2d", dict(  # fits the fused kernel's table in float and half
+        input=R((n, c, h, w)), offset=R((n, 2 * 9, h, w)), weight=R((40, c, 3, 3)),
+        bias=R(40), mask=rng.uniform(0, 1, (n, 9, h, w))), dict(padding=1)))
+    out.append(("deform_conv2d", dict(  # 3 taps: fits in double too
+        input=R((n, c, h, w)), offset=R((n, 2 * 3, h, w - 2)), weight=R((36, c, 1, 3)),
+        bias=None, mask=None), dict()))
+    out.append(convt(2, 4, 66, 1, 3, 3, 4, 5, stride=2, padding=1))  # 64-row phase GEMM
     boxes = np.array([[0, 1, 1, 10, 8], [1, -3, 2, 30, 20], [1, 5.5, 4.5, 5.5, 9]], np.float64)
     for c in (1, 5, 9):  # 1, 4, 8 channels per thread
         x = R((2, c, 12, 15))
@@ -71,6 +77,27 @@ def configs(rng):
         out.append(("roi_pool", dict(input=x, boxes=boxes),
                     dict(output_size=(3, 2), spatial_scale=0.75)))
     return out
+
+
+def cupy_configs(rng):
+    """:func:`configs` and, appended, the optional paths (``variants``) forced:
+    ``(op, arrays, params, settings)``."""
+    cases = [c + ({},) for c in configs(rng)]
+    forced = []
+    for op, arrays, params, _ in cases:
+        if op == "conv2d" and not forced:  # the first GEMM case, split 3 ways
+            forced.append((op, arrays, params, {"SPLIT_K": 3}))
+        elif op == "conv2d" and params["groups"] == arrays["input"].shape[1]:
+            forced.append((op, arrays, params, {"DEPTHWISE_TILED": False}))
+        elif op == "conv_transpose2d":  # the phase GEMM (32- and 64-row tiles), and split
+            forced.append((op, arrays, params, {"TRANSPOSED_GEMM": True}))
+            forced.append((op, arrays, params, {"TRANSPOSED_GEMM": True, "SPLIT_K": 3}))
+        elif op == "deform_conv2d":  # the fused kernel where it applies, and split
+            forced.append((op, arrays, params, {"DEFORM_FUSED": True}))
+            forced.append((op, arrays, params, {"DEFORM_FUSED": True, "SPLIT_K": 3}))
+        elif op in ("roi_align", "roi_pool"):
+            forced.append((op, arrays, params, {"ROI_BOX_GRID": True}))
+    return cases + forced
 
 
 def to_device(a, backend):
@@ -97,47 +124,43 @@ def main(argv=None) -> int:
         _module = None
 
     failures = 0
+    cupy_like = ("cupy", "cupy_emulated")  # the emulated backend: the same, on the CPU
     for backend in args.backends.split(","):
         ok, why = _dispatch.backend_status(backend)
         if not ok:
             print(f"{backend}: skipped ({why})")
             continue
-        dtypes = ["float32", "float64"] + (["float16"] if backend == "cupy" else [])
+        dtypes = ["float32", "float64"] + (["float16"] if backend in cupy_like else [])
         for dt in dtypes:
             dtype = np.dtype(dt)
             tol = _random_cases.TOLERANCE[dtype]
             t0 = time.perf_counter()
-            cases = configs(np.random.default_rng(0))
-            if backend == "cupy":  # the optional paths, forced: split-K (conv_sum_splits) on
-                # the first GEMM case, the phase GEMM on the first transposed case, the RoI
-                # kernels with boxes on grid y on every RoI case
-                cases.append(cases[0] + ((cupy_conv, {"SPLIT_K": 3}),))
-                convt = next(c for c in cases if c[0] == "conv_transpose2d")
-                cases.append(convt + ((cupy_conv, {"TRANSPOSED_GEMM": True}),))
-                cases += [c + ((cupy_roi, {"ROI_BOX_GRID": True}),)
-                          for c in cases if c[0] in ("roi_align", "roi_pool")]
-            for op, arrays, params, *settings in cases:
+            rng = np.random.default_rng(0)
+            cases = (cupy_configs(rng) if backend in cupy_like
+                     else [c + ({},) for c in configs(rng)])
+            for op, arrays, params, settings in cases:
                 host = {k: None if v is None else np.asarray(v, dtype) for k, v in arrays.items()}
                 dev = {k: to_device(v, backend) for k, v in host.items()}
-                module, forced = settings[0] if settings else (None, {})
-                defaults = {key: getattr(module, key) for key in forced}
-                for key, value in forced.items():
-                    setattr(module, key, value)
-                try:
-                    out = _random_cases.to_host(getattr(fastconv, op)(**dev, **params))
-                finally:
-                    for key, value in defaults.items():
-                        setattr(module, key, value)
+                with variants.forced(settings):
+                    out = _random_cases.to_host(
+                        getattr(fastconv, op)(**dev, **params, backend=backend))
                 ref = getattr(reference, op)(**host, **params)
                 err = _random_cases.relative_error(out, ref)
                 if err > tol:
                     failures += 1
                     print(f"FAIL {backend} {dt} {op} {params} {settings}: "
                           f"relative error {err:.3g}")
-            print(f"{backend} {dt}: {len(configs(np.random.default_rng(0)))} calls "
+            # the box check's kernel, on every kind of bad row (the public calls above reach it
+            # only with GPU-resident boxes)
+            boxes, n_bad = _random_cases.boxes_with_every_defect(rng, dtype, batch=3)
+            counted = _dispatch.get_backend(backend).count_bad_boxes(to_device(boxes, backend), 3)
+            if counted != n_bad:
+                failures += 1
+                print(f"FAIL {backend} {dt} count_bad_boxes: {counted}, NumPy counts {n_bad}")
+            print(f"{backend} {dt}: {len(cases)} calls "
                   f"in {time.perf_counter() - t0:.1f} s", flush=True)
 
-    if _module is not None and "cupy" in args.backends.split(",") and launched:
+    if _module is not None and set(cupy_like) & set(args.backends.split(",")) and launched:
         registered = {n for names in _module.all_name_expressions().values() for n in names}
         missing = sorted(registered - launched)
         print(f"cupy kernels launched: {len(launched)} of {len(registered)} registered")

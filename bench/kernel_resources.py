@@ -57,7 +57,7 @@ def planned_launches() -> dict[str, list[dict]]:
     recorded: list = []
     _module.run = lambda launches: recorded.extend(launches)
     ab = _ab_script()
-    defaults = {name: getattr(module, name) for name, module in ab.OWNER.items()}
+    defaults = ab.current()
     plans = {}
     try:
         for case in _cases.select("all"):

@@ -283,6 +283,8 @@ def test_ab_script_arms_name_real_settings_with_the_default_first():
     and its first arm per op is what the backend does by default."""
     from pathlib import Path
 
+    from fastconv.backends.cupy.variants import OWNER
+
     path = Path(__file__).resolve().parents[1] / "bench" / "ab_cupy_variants.py"
     spec = importlib.util.spec_from_file_location("ab_cupy_variants", path)
     ab = importlib.util.module_from_spec(spec)
@@ -291,8 +293,8 @@ def test_ab_script_arms_name_real_settings_with_the_default_first():
         assert any(c.op == op for c in _cases.CASES.values()), op
         for arm in arms:
             for name in arm:
-                assert hasattr(ab.OWNER[name], name), name
-        assert all(getattr(ab.OWNER[n], n) == v for n, v in arms[0].items()), (op, arms[0])
+                assert hasattr(OWNER[name], name), name
+        assert all(getattr(OWNER[n], n) == v for n, v in arms[0].items()), (op, arms[0])
         assert len({ab.arm_label(a) for a in arms}) == len(arms)
         assert all(a.keys() == arms[0].keys() for a in arms), op  # nothing carries over
 
@@ -322,3 +324,15 @@ def test_ab_script_recommends_the_fastest_matching_arm():
     assert rec["conv2d"]["speedup"] == pytest.approx((2.0 / 1.0 * 1.0 / 1.1) ** 0.5, abs=1e-3)
     assert rec["conv2d"]["per_case"] == [2.0, 0.909]
     assert rec["roi_pool"] == {"arm": "d", "speedup": 1.0, "per_case": [1.0]}
+
+
+def test_variants_forced_restores_every_setting():
+    from fastconv.backends.cupy import conv, variants
+
+    before = variants.current()
+    with pytest.raises(RuntimeError), variants.forced({"SPLIT_K": 4, "ROI_CB": 1}):
+        assert conv.SPLIT_K == 4 and variants.current()["ROI_CB"] == 1
+        raise RuntimeError
+    assert variants.current() == before
+    with pytest.raises(KeyError):
+        variants.apply({"NO_SUCH_SETTING": 1})

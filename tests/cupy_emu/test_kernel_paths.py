@@ -380,3 +380,17 @@ def test_fused_deform_without_input_channels_gives_the_bias(fused_deform_everywh
     out = fastconv.deform_conv2d(**arrays, padding=1, backend=BACKEND)
     np.testing.assert_array_equal(out, np.broadcast_to(arrays["bias"][None, :, None, None],
                                                        (2, 3, 5, 6)))
+
+
+def test_the_gpu_sanitizer_driver_reaches_every_kernel():
+    """bench/gpu_sanitize_driver.py (compute-sanitizer's workload on a GPU) launches every
+    registered instantiation, optional paths included, and matches the oracle: here on
+    the emulated backend, so a new kernel without a driver case fails in CI."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "gpu_sanitize_driver.py"
+    spec = importlib.util.spec_from_file_location("gpu_sanitize_driver", path)
+    driver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(driver)
+    assert driver.main(["--backends", BACKEND]) == 0
