@@ -10,7 +10,8 @@ Kernel choice for ``conv2d`` (per group: ``Cg = C_in/groups`` input and
 ``Kg = C_out/groups`` output channels):
 
 * ``Cg == 1`` (depthwise, any channel multiplier): ``conv2d_depthwise_tiled``
-  when its input tile fits in shared memory, else ``conv2d_depthwise_direct``;
+  when its input tile fits in shared memory (and :data:`DEPTHWISE_TILED`), else
+  ``conv2d_depthwise_direct``;
 * ``Kg >= GEMM_MIN_KG``: the implicit-GEMM kernel ``conv2d_gemm``; with
   :data:`SPLIT_K` set to None, when its 64x128 tiles would leave the GPU short of
   work (fewer than ``GEMM_BLOCKS_PER_SM`` blocks per SM) and the reduction is long,
@@ -20,7 +21,8 @@ Kernel choice for ``conv2d`` (per group: ``Cg = C_in/groups`` input and
 
 ``conv_transpose2d`` gathers with ``conv_transpose2d_direct``, or, with
 :data:`TRANSPOSED_GEMM`, runs one implicit GEMM per output phase
-(``conv_transpose2d_gemm``; split-K as conv2d's).
+(``conv_transpose2d_gemm``: 32-row tiles for groups of <= 32 output channels, else
+64; split-K as conv2d's).  The optional paths' settings are listed in ``variants``.
 """
 
 from __future__ import annotations

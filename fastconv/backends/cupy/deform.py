@@ -20,9 +20,9 @@ bilinear set-ups in shared memory, so there is no column buffer (see ``deform.cu
 
 from __future__ import annotations
 
-import numpy as np
-
 import functools
+
+import numpy as np
 
 from . import _module, conv
 from ._module import CTYPES, expr
