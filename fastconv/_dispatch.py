@@ -274,10 +274,10 @@ def prepare_boxes(call: Call, boxes, batch: int, check: bool):
 
     A list/tuple of ``(L_n, 4)`` arrays gets batch index ``n`` for its ``n``-th
     entry.  With ``check`` the coordinates must be finite and the batch indices
-    integers in ``[0, batch)``.  On a GPU the boxes are checked there (one kernel, a
-    4-byte copy back and a sync); a backend that can build them on the device
-    (``stack_boxes``: the cupy backend) does so for the list form and other dtypes too,
-    otherwise those make a round trip through the host.  The host path words the errors.
+    integers in ``[0, batch)``.  On a GPU the boxes are built (``stack_boxes`` of the
+    backend, for the list form and other dtypes) and checked there (one kernel, a 4-byte
+    copy back and a sync); a GPU backend without ``stack_boxes`` takes those two kinds
+    through the host.  The host path words the errors.
     """
     is_list = isinstance(boxes, (list, tuple))
     items = list(boxes) if is_list else [boxes]

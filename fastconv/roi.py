@@ -50,11 +50,9 @@ def roi_align(
     aligned : bool, default False
     check_boxes : bool, default True, keyword-only
         Check that the coordinates are finite and the batch indices are
-        integers in ``[0, N)``. On a GPU the check is one small kernel whose
-        4-byte answer is copied back (a sync). The cupy backend builds the
-        ``(K, 5)`` boxes on the device in either format; numba_cuda does so only
-        for ``(K, 5)`` boxes in the input's dtype and takes other boxes through
-        the host. Pass False only if the
+        integers in ``[0, N)``. On a GPU the boxes, in either format, are
+        assembled there and the check is one small kernel whose 4-byte answer
+        is copied back (a sync). Pass False only if the
         boxes are known to be valid. Without the check, a box whose batch index
         names no image (``trunc(b)`` outside ``[0, N)``, or NaN) gives zeros on
         every backend, never a read outside ``input``.

@@ -61,6 +61,12 @@ library lazily, inside these functions, so ``import fastconv`` stays light)::
     use_device(device_id) -> context manager making that device current
     to_host(a) -> numpy.ndarray  (used for the box checks)
 
+and the GPU backends the RoI boxes' device side::
+
+    count_bad_boxes(rois, batch) -> int   (rows failing the check_boxes test)
+    stack_boxes(items, is_list, dtype) -> (K, 5) native array in dtype, from the
+        list form's (L_n, 4) parts (row batch index n) or one (K, 5) array
+
 GPU work is launched on the caller's current stream: CuPy's current stream,
 and for ``numba_cuda`` ``cuda.external_stream(<cupy current stream>)`` when
 CuPy is already imported, else numba's default stream.

@@ -602,3 +602,31 @@ def test_unchecked_boxes_naming_no_image_give_zeros(dtype, op, params):
     from fastconv import _random_cases as rc
 
     rc.check_boxes_naming_no_image(op, "numba_cuda", np.dtype(dtype), **params)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_list_boxes_are_built_on_the_device(dtype, monkeypatch):
+    """torchvision's list form (int and float parts, an empty one) and (K, 5) boxes in
+    another dtype become (K, 5) boxes on the device: the same rows as the host path, and
+    no copy to the host when they are valid."""
+    import fastconv
+    from fastconv import _dispatch
+
+    host_copies = []
+    real = backend.to_host
+    monkeypatch.setattr(backend, "to_host", lambda a: host_copies.append(a) or real(a))
+    rng = np.random.default_rng(8)
+    parts = [rng.uniform(0, 9, (20, 4)), np.zeros((0, 4)), rng.integers(0, 9, (3, 4))]
+    want = _dispatch.stack_boxes(np, parts, True, np.dtype(dtype))
+    got = backend.stack_boxes([cuda.to_device(p) for p in parts], True, np.dtype(dtype))
+    np.testing.assert_array_equal(got.copy_to_host(), want)
+    k5 = np.c_[np.array([2, 0, 1]), rng.uniform(0, 9, (3, 4))].astype(np.float16)
+    got = backend.stack_boxes([cuda.to_device(k5)], False, np.dtype(dtype))
+    np.testing.assert_array_equal(got.copy_to_host(), k5.astype(dtype))
+    # through the public call: the same result as the cpu backend, no host copy of the boxes
+    x = data(rng, (3, 2, 9, 9), dtype)
+    out = fastconv.roi_align(cuda.to_device(x), [cuda.to_device(p) for p in parts], 2, 0.5,
+                             sampling_ratio=2).copy_to_host()
+    np.testing.assert_allclose(out, fastconv.roi_align(x, parts, 2, 0.5, sampling_ratio=2),
+                               rtol=TOL[dtype], atol=TOL[dtype])
+    assert host_copies == []

@@ -23,6 +23,7 @@ __all__ = [
     "roi_align",
     "roi_pool",
     "count_bad_boxes",
+    "stack_boxes",
     "check_available",
     "as_native",
     "ascontiguous",
@@ -38,6 +39,7 @@ _OPS = {
     "roi_align": "roi",
     "roi_pool": "roi",
     "count_bad_boxes": "roi",
+    "stack_boxes": "roi",
 }
 
 _INSTALL = 'pip install "numba-cuda[cu13]"'

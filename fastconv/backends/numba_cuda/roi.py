@@ -102,6 +102,41 @@ def count_bad_boxes(rois, batch: int) -> int:
     return int(bad.copy_to_host(stream=stream)[0])
 
 
+@cuda.jit(cache=True)
+def roi_copy_boxes(src, dst, row0, index):
+    """Rows of ``src`` into ``dst[row0:]``, converted to ``dst``'s dtype (grid-stride): an
+    ``(L, 4)`` part after batch index ``index``, or ``(L, 5)`` rows as they are when
+    ``index < 0``."""
+    start = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    for i in range(start, src.shape[0], cuda.gridDim.x * cuda.blockDim.x):
+        if index >= 0:
+            dst[row0 + i, 0] = index
+            for j in range(4):
+                dst[row0 + i, j + 1] = src[i, j]
+        else:
+            for j in range(5):
+                dst[row0 + i, j] = src[i, j]
+
+
+def stack_boxes(items, is_list, dtype):
+    """RoI boxes in either torchvision format as a ``(K, 5)`` device array in ``dtype``,
+    built on the device: one copy kernel per part (``items`` are device arrays: the
+    ``(L_n, 4)`` parts of the list form, whose rows get batch index ``n``, or one
+    ``(K, 5)`` array in another dtype)."""
+    out = empty((sum(int(b.shape[0]) for b in items), 5), np.dtype(dtype))
+    block = settings.block
+    skey, stream = current_stream()
+    row0 = 0
+    for n, b in enumerate(items):
+        rows = int(b.shape[0])
+        if rows:
+            grid = (max(1, min(cdiv(rows, block), settings.max_grid[0])),)
+            launch(roi_copy_boxes, grid, block, skey, stream, b, out, row0,
+                   n if is_list else -1)
+        row0 += rows
+    return out
+
+
 @functools.cache
 def _align_kernel(T, cpt):
     return _build_align(T, cpt)
@@ -126,6 +161,8 @@ def ptx_cases(T):
         ("roi_pool", _pool_kernel(T), (a4, a2, a4, f)),
         ("roi_count_bad_boxes", _check_kernel(T),
          (a2, f, types.Array(types.int32, 1, "C"))),
+        # integer list-form boxes (any layout) into T boxes: a conversion, no float64 math
+        ("roi_copy_boxes", roi_copy_boxes, (types.Array(types.int64, 2, "A"), a2, i, i)),
     ]
 
 
