@@ -314,8 +314,10 @@ def prepare_boxes(call: Call, boxes, batch: int, check: bool):
         ).reshape(-1, 5)
     else:
         rois = call.host_array(host_items[0])
+    with np.errstate(over="ignore"):  # a coordinate too large for the dtype becomes inf
+        rois = np.ascontiguousarray(rois, dtype=call.dtype)
     if check:
-        _args.check_rois(np.asarray(rois, dtype=np.float64), batch)
-    rois = np.ascontiguousarray(rois, dtype=call.dtype)
+        # checked as the kernels (and the device check) see them: in the input's dtype
+        _args.check_rois(rois.astype(np.float64), batch)
     return call.from_host(rois)
 

@@ -71,6 +71,9 @@ CASES = {
     "roi batch negative": (lambda: RP(X, np.array([[-1, 1, 1, 5, 5]], f32), 2), ValueError, "-1"),
     "roi nan box": (lambda: RA(X, np.array([[0, np.nan, 1, 5, 5]], f32), 2), ValueError, "boxes must be finite"),
     "roi inf box": (lambda: RP(X, np.array([[0, 1, 1, np.inf, 5]], f32), 2), ValueError, "boxes must be finite"),
+    # finite in float64, inf in the input's float32: checked as the kernels would see it
+    "roi box too large for the dtype": (lambda: RA(X, np.array([[0, 1, 1, 1e39, 5]]), 2), ValueError,
+                                        "boxes must be finite"),
     "roi list too long": (lambda: RA(X, [BOX[:, 1:], BOX[:, 1:]], 2), ValueError, "[0, 1)"),
     "roi output size": (lambda: RA(X, BOX, (0, 2)), ValueError, "output_size must be positive"),
     "roi scale": (lambda: RA(X, BOX, 2, spatial_scale=0), ValueError, "spatial_scale must be finite and positive"),
