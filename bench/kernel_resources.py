@@ -34,16 +34,6 @@ SMEM_PER_SM = {"sm_80": 164 * 1024, "sm_90": 228 * 1024}
 REGS_PER_SM, THREADS_PER_SM, BLOCK = 65536, 2048, 256
 
 
-def _ab_script():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "ab_cupy_variants", ROOT / "bench" / "ab_cupy_variants.py")
-    ab = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ab)
-    return ab
-
-
 def planned_launches() -> dict[str, list[dict]]:
     """``{case: [{"kernel", "grid", "dynamic_smem_bytes"}]}`` for the full-size cases, and
     for ``"<case> [<arm>]"`` under each non-default arm of ``bench/ab_cupy_variants.py``."""
@@ -56,7 +46,8 @@ def planned_launches() -> dict[str, list[dict]]:
     _module.max_blocks = lambda: 64 * 132  # an H100 SXM: 132 SMs
     recorded: list = []
     _module.run = lambda launches: recorded.extend(launches)
-    ab = _ab_script()
+    import ab_cupy_variants as ab  # beside this script (its folder is on sys.path)
+
     defaults = ab.current()
     plans = {}
     try:

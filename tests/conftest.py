@@ -11,7 +11,9 @@ without ``cpu`` runs only the tests that take the ``backend`` fixture (and
 ``tests/cupy_emu``) -- ``tests/test_cupy_emulated.py`` runs the suite that way.
 """
 
+import importlib.util
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,3 +107,12 @@ def check_random_case(op, backend, dtype, data):
     assert err <= tol, f"relative error {err:.3g} > {tol:g} for {case.describe()}"
     assert_unchanged(before, case.arrays)
 
+
+
+def bench_script(name: str):
+    """``bench/<name>.py`` (a script, not a package module) imported as a module."""
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -13,6 +13,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import bench_script
 
 from fastconv import _bench, _cases
 
@@ -281,14 +282,9 @@ def test_scipy_filter_mapping():
 def test_ab_script_arms_name_real_settings_with_the_default_first():
     """bench/ab_cupy_variants.py (GPU only) at least wires its arms to settings that exist,
     and its first arm per op is what the backend does by default."""
-    from pathlib import Path
-
     from fastconv.backends.cupy.variants import OWNER
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "ab_cupy_variants.py"
-    spec = importlib.util.spec_from_file_location("ab_cupy_variants", path)
-    ab = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ab)
+    ab = bench_script("ab_cupy_variants")
     for op, arms in ab.VARIANTS.items():
         assert any(c.op == op for c in _cases.CASES.values()), op
         for arm in arms:
@@ -300,12 +296,7 @@ def test_ab_script_arms_name_real_settings_with_the_default_first():
 
 
 def test_ab_script_recommends_the_fastest_matching_arm():
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "ab_cupy_variants.py"
-    spec = importlib.util.spec_from_file_location("ab_cupy_variants", path)
-    ab = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ab)
+    ab = bench_script("ab_cupy_variants")
 
     def row(ms, err=None, errors=None):
         arms = list(ms)

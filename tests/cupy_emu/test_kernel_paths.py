@@ -10,7 +10,7 @@ float32 and float64.
 
 import numpy as np
 import pytest
-from conftest import N_EXAMPLES, ORACLE_SETTINGS, check_random_case
+from conftest import N_EXAMPLES, ORACLE_SETTINGS, bench_script, check_random_case
 from cupy_emu import emulator
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -386,11 +386,5 @@ def test_the_gpu_sanitizer_driver_reaches_every_kernel():
     """bench/gpu_sanitize_driver.py (compute-sanitizer's workload on a GPU) launches every
     registered instantiation, optional paths included, and matches the oracle: here on
     the emulated backend, so a new kernel without a driver case fails in CI."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "bench" / "gpu_sanitize_driver.py"
-    spec = importlib.util.spec_from_file_location("gpu_sanitize_driver", path)
-    driver = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(driver)
+    driver = bench_script("gpu_sanitize_driver")
     assert driver.main(["--backends", BACKEND]) == 0

@@ -83,6 +83,11 @@ def _grid(items: int, max_blocks: int) -> int:
     return max(1, min(items, max_blocks))
 
 
+def gemm_tiles(pixels: int, kg: int, groups: int, bm: int = 64) -> int:
+    """Work items of an implicit GEMM (gemm.cuh): 128-pixel by ``bm``-channel tiles per group."""
+    return -(-pixels // 128) * -(-kg // bm) * groups
+
+
 def plan_conv2d(x, weight, bias, out, stride, padding, dilation, groups, max_blocks,
                 empty=None):
     """Launches ``[(name, grid, block, shared_mem, args)]`` for ``out = conv2d(x, weight)``.
@@ -196,7 +201,7 @@ def _conv2d_config(xshape, wshape, has_bias, oshape, stride, padding, dilation, 
 
     kb = _pick_kb(Kg, khw, acc)
     if Kg >= GEMM_MIN_KG or khw * kb * acc > SMEM_BUDGET:
-        tiles = -(-P // 128) * -(-Kg // 64) * groups
+        tiles = gemm_tiles(P, Kg, groups)
         splits, r_slice = split_k(tiles, Cg * khw, max_blocks // 64, split)
         name = expr("conv2d_gemm", ctype, _ksz(kH, kW, _module.GEMM_KSZ))
         return (name, _grid(tiles * splits, max_blocks), 0,
@@ -230,8 +235,8 @@ def _conv_transpose2d_config(xshape, wshape, has_bias, oshape, stride, padding, 
     if gemm:
         # 32-row tiles when a group has <= 32 output channels: 64 would leave half idle
         bm = 32 if Kg <= 32 else 64
-        p_tiles = -(-(N * -(-Ho // sH) * -(-Wo // sW)) // 128)
-        tiles = p_tiles * -(-Kg // bm) * groups * sH * sW
+        # one GEMM per phase, over the largest phase's pixels
+        tiles = gemm_tiles(N * -(-Ho // sH) * -(-Wo // sW), Kg, groups, bm) * sH * sW
         # the longest phase reduction: every step_i-th tap of a column of taps, likewise rows
         r_max = Cg * -(-kH // step_i) * -(-kW // step_j)
         splits, r_slice = split_k(tiles, r_max, max_blocks // 64, split)

@@ -26,7 +26,7 @@ import numpy as np
 
 from . import _module, conv
 from ._module import CTYPES, expr
-from .conv import BLOCK, _grid, gemm_launches, plan_conv2d, split_k
+from .conv import BLOCK, _grid, gemm_launches, gemm_tiles, plan_conv2d, split_k
 
 #: largest column buffer allocated per call (at least one image's worth is always used)
 COL_BUDGET_BYTES = 256 * 1024 * 1024
@@ -121,7 +121,7 @@ def fused_config(xshape, wshape, oshape, stride, padding, dilation, groups, offs
     if (Kg < conv.GEMM_MIN_KG or Cg == 0 or gemm_smem + table > conv.SMEM_BUDGET
             or (H + 1) * (W + 1) >= 2**31):
         return None  # (no input channels: the two-stage path writes the bias alone)
-    tiles = -(-(N * Ho * Wo) // 128) * -(-Kg // 64) * groups
+    tiles = gemm_tiles(N * Ho * Wo, Kg, groups)
     splits, r_slice = split_k(tiles, Cg * khw, max_blocks // 64, split)
     (sH, sW), (pH, pW), (dH, dW) = stride, padding, dilation
     scalars = tuple(_I32(v) for v in (
