@@ -17,7 +17,10 @@ run of this script shows where it pays:
   thread -- roi_align and roi_pool cases;
 * ``deform.DEFORM_FUSED``: deform_conv2d in one kernel (bilinear sampling inside the
   implicit GEMM's loads) instead of deform_im2col + conv2d, with and without split-K --
-  deform_conv2d cases.
+  deform_conv2d cases;
+* ``conv.GEMM_VEC``: every implicit GEMM above with gemm.cuh's vector register tiles
+  (128-bit shared-memory loads; 128-row tiles for more than 64 output channels per
+  group), with and without split-K -- conv2d, deform_conv2d and conv_transpose2d cases.
 
 Per case the peer and every arm run interleaved, device time from CUDA events
 (``fastconv._bench``; the RoI ops without the box check, as in ``fastconv bench``);
@@ -43,11 +46,16 @@ _ROI = [{"ROI_BOX_GRID": False, "ROI_CB": None}, {"ROI_BOX_GRID": True, "ROI_CB"
 #: op -> the arms: settings per contestant, the default first; the arms of an op set the
 #: same settings, so none carries over from the arm before it
 VARIANTS = {
-    "conv2d": [{"SPLIT_K": s, "DEPTHWISE_TILED": t} for s, t in ((1, True), (None, True),
-                                                                   (1, False))],
-    "deform_conv2d": [{"DEFORM_FUSED": f, "SPLIT_K": s} for f in (False, True) for s in (1, None)],
-    "conv_transpose2d": [{"TRANSPOSED_GEMM": g, "SPLIT_K": s}
-                         for g, s in ((False, 1), (True, 1), (True, None))],
+    "conv2d": [{"SPLIT_K": s, "DEPTHWISE_TILED": t, "GEMM_VEC": v}
+               for s, t, v in ((1, True, False), (None, True, False), (1, False, False),
+                               (1, True, True), (None, True, True))],
+    "deform_conv2d": [{"DEFORM_FUSED": f, "SPLIT_K": s, "GEMM_VEC": v}
+                      for f, s, v in ((False, 1, False), (False, None, False), (True, 1, False),
+                                      (True, None, False), (False, None, True),
+                                      (True, 1, True), (True, None, True))],
+    "conv_transpose2d": [{"TRANSPOSED_GEMM": g, "SPLIT_K": s, "GEMM_VEC": v}
+                         for g, s, v in ((False, 1, False), (True, 1, False), (True, None, False),
+                                         (True, 1, True), (True, None, True))],
     "roi_align": _ROI,
     "roi_pool": _ROI,
 }

@@ -83,20 +83,35 @@ def cupy_configs(rng):
     """:func:`configs` and, appended, the optional paths (``variants``) forced:
     ``(op, arrays, params, settings)``."""
     cases = [c + ({},) for c in configs(rng)]
+    vec = {"GEMM_VEC": True}
     forced = []
     for op, arrays, params, _ in cases:
         if op == "conv2d" and not forced:  # the first GEMM case, split 3 ways
             forced.append((op, arrays, params, {"SPLIT_K": 3}))
+        if op == "conv2d" and arrays["weight"].shape[0] // params["groups"] >= 32:
+            # the GEMM cases with the vector tiles (64 rows), and 128-row tiles (more than
+            # 64 output channels per group), one of them split
+            forced.append((op, arrays, params, vec))
+            wide = dict(arrays, weight=rng.standard_normal((130, *arrays["weight"].shape[1:])),
+                        bias=rng.standard_normal(130))
+            forced.append((op, wide, params, vec))  # 130 / groups (1 or 2) > 64
         elif op == "conv2d" and params["groups"] == arrays["input"].shape[1]:
             forced.append((op, arrays, params, {"DEPTHWISE_TILED": False}))
         elif op == "conv_transpose2d":  # the phase GEMM (32- and 64-row tiles), and split
             forced.append((op, arrays, params, {"TRANSPOSED_GEMM": True}))
             forced.append((op, arrays, params, {"TRANSPOSED_GEMM": True, "SPLIT_K": 3}))
+            forced.append((op, arrays, params, {"TRANSPOSED_GEMM": True, **vec}))
         elif op == "deform_conv2d":  # the fused kernel where it applies, and split
             forced.append((op, arrays, params, {"DEFORM_FUSED": True}))
             forced.append((op, arrays, params, {"DEFORM_FUSED": True, "SPLIT_K": 3}))
+            forced.append((op, arrays, params, {"DEFORM_FUSED": True, **vec}))
         elif op in ("roi_align", "roi_pool"):
             forced.append((op, arrays, params, {"ROI_BOX_GRID": True}))
+    # the vector tiles' 64 rows in the phase GEMM (33 to 64 output channels per group)
+    forced.append(("conv_transpose2d", dict(
+        input=rng.standard_normal((2, 4, 4, 5)), weight=rng.standard_normal((4, 40, 3, 3)),
+        bias=rng.standard_normal(40)), dict(stride=2, padding=1, groups=1),
+        {"TRANSPOSED_GEMM": True, **vec}))
     return cases + forced
 
 

@@ -56,9 +56,27 @@ struct __half {
 inline float __half2float(__half h) { return static_cast<float>(h.v); }
 inline __half __float2half_rn(float f) { return __half{static_cast<_Float16>(f)}; }
 
+// CUDA's 16-byte vector types, as aligned as on the GPU: a vector load or store through a
+// pointer that is not 16-byte aligned is undefined behaviour, which UBSan's alignment check
+// reports (on the GPU it is a misaligned-address fault).
+struct __attribute__((aligned(16))) float4 {
+    float x, y, z, w;
+};
+struct __attribute__((aligned(16))) double2 {
+    double x, y;
+};
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+inline double2 make_double2(double x, double y) { return double2{x, y}; }
+
 template <typename T>
 inline T __ldg(const T* p) {
     return *p;
+}
+
+// A store with the default (write-back) cache policy; kernels use it for vector stores.
+template <typename T>
+inline void __stwb(T* p, T v) {
+    *p = v;
 }
 
 // Built with -ffp-contract=off, so these are the separately rounded operations they name.

@@ -29,10 +29,10 @@ def _rand(rng, shape, dtype):
     return rng.standard_normal(shape).astype(dtype)
 
 
-def _conv(n, c_in, c_out, k, groups=1, **kw):
-    """A conv2d case: ``k`` is (kH, kW)."""
+def _conv(n, c_in, c_out, k, groups=1, hw=(9, 11), **kw):
+    """A conv2d case: ``k`` is (kH, kW), ``hw`` the image size."""
     def make(rng, dtype):
-        x = _rand(rng, (n, c_in, 9, 11), dtype)
+        x = _rand(rng, (n, c_in, *hw), dtype)
         w = _rand(rng, (c_out, c_in // groups, *k), dtype)
         b = _rand(rng, (c_out,), dtype)
         return "conv2d", dict(input=x, weight=w, bias=b), dict(groups=groups, **kw)
@@ -180,6 +180,48 @@ def test_every_instantiation_matches_oracle(dtype):
     ]
     deform_fused = [(f"deform_conv2d_gemm {label}", [(cupy_deform, "DEFORM_FUSED", True), *extra],
                      make) for label, extra, make in DEFORM_FUSED_CASES]
+    # gemm.cuh's vector register tiles (GEMM_VEC): 64 rows, 128 rows (64 in double), 32 rows
+    # (phase GEMM); Ho*Wo % 4 == 0 takes the vector stores, other sizes the scalar ones
+    vec = (cupy_conv, "GEMM_VEC", True)
+    split3 = (cupy_conv, "SPLIT_K", 3)
+    phase = (cupy_conv, "TRANSPOSED_GEMM", True)
+    # (16 or 32 input channels per group: conv2d_gemm's tap-major loads; other counts: the
+    # channel-major ones)
+    vector_tiles = [
+        ("conv2d_gemm vector tiles, 64 rows, 3x3, 9x11 (scalar stores)", [vec],
+         _conv(2, 6, 40, (3, 3), padding=1)),
+        ("conv2d_gemm vector tiles, 64 rows, 3x3, tap-major", [vec],
+         _conv(2, 16, 40, (3, 3), padding=1)),
+        ("conv2d_gemm vector tiles, 128 rows, 3x3, 8x8 (vector stores), split 3 ways",
+         [vec, split3], _conv(2, 5, 130, (3, 3), padding=1, hw=(8, 8))),
+        ("conv2d_gemm vector tiles, 128 rows, 3x3 dilated, tap-major, split 3 ways",
+         [vec, split3], _conv(1, 32, 130, (3, 3), padding=2, dilation=2, hw=(8, 8))),
+        ("conv2d_gemm vector tiles, 128 rows, 2 groups, 1x1 strided", [vec],
+         _conv(1, 4, 140, (1, 1), groups=2, stride=2)),
+        ("conv2d_gemm vector tiles, 128 rows, 2 groups, 1x1 strided, tap-major", [vec],
+         _conv(1, 32, 140, (1, 1), groups=2, stride=2)),
+        ("conv2d_gemm vector tiles, 64 rows, 2x2 (any size), 8x10 (vector stores)", [vec],
+         _conv(2, 4, 33, (2, 2))),
+        ("conv2d_gemm vector tiles, 64 rows, 3x2 strided (any size), tap-major", [vec],
+         _conv(2, 16, 33, (3, 2), stride=(2, 1), padding=(1, 0))),
+        ("conv2d_gemm vector tiles, 128 rows, 2x3 dilated", [vec],
+         _conv(1, 3, 70, (2, 3), dilation=(2, 1), padding=1)),
+        ("deform_im2col + conv2d_gemm 1x1 vector tiles", [vec], _deform(4, 36)),
+        ("conv_transpose2d_gemm vector tiles, 32 rows (FCN-like)", [phase, vec],
+         _convt(4, 21, (16, 16), stride=8, padding=4)),
+        ("conv_transpose2d_gemm vector tiles, 64 rows, split", [phase, vec, split3],
+         _convt(6, 40, (5, 5), stride=3, padding=1)),
+        ("conv_transpose2d_gemm vector tiles, 128 rows", [phase, vec],
+         _convt(6, 70, (6, 6), stride=3, padding=1)),
+        # phases of 1, 2 or 4 taps (R = 16, 32, 64), split: a slice past a short phase
+        ("conv_transpose2d_gemm vector tiles, 64 rows, tap-major, split", [phase, vec, split3],
+         _convt(16, 40, (5, 5), stride=3, padding=1)),
+        ("conv_transpose2d_gemm vector tiles, 128 rows, tap-major, dilated", [phase, vec],
+         _convt(32, 70, (3, 3), stride=2, padding=2, dilation=2)),
+        *[(f"deform_conv2d_gemm vector tiles, {label}",
+           [(cupy_deform, "DEFORM_FUSED", True), vec, *extra], make)
+          for label, extra, make in DEFORM_FUSED_CASES[::3]],
+    ]
     for label, settings_, make in [
         ("conv2d_gemm split 3 ways", [(cupy_conv, "SPLIT_K", 3)],
          _conv(2, 20, 70, (3, 3), padding=1)),
@@ -196,6 +238,7 @@ def test_every_instantiation_matches_oracle(dtype):
          _convt(6, 70, (5, 5), stride=3, padding=1)),
         *roi_box_grid,
         *deform_fused,
+        *vector_tiles,
     ]:
         op, arrays, params = make(rng, dtype)
         old = [(m, name, getattr(m, name)) for m, name, _ in settings_]
@@ -284,6 +327,38 @@ def test_random_transposed_cases_through_the_phase_gemm(monkeypatch, splits, dty
     check_random_case("conv_transpose2d", BACKEND, np.dtype(dtype), data)
 
 
+@pytest.mark.parametrize("op", ["conv2d", "deform_conv2d", "conv_transpose2d"])
+@settings(ORACLE_SETTINGS, max_examples=max(1, N_EXAMPLES // 2))
+@given(data=st.data())
+def test_random_cases_through_the_vector_tiles(gemm_everywhere, monkeypatch, request, op,
+                                               data):
+    """The random configurations through the implicit GEMMs with gemm.cuh's vector register
+    tiles (GEMM_VEC; 32, 64 or 128 rows by channel count), split 2 ways: conv2d_gemm,
+    the fused deform_conv2d_gemm where its table fits, conv_transpose2d_gemm."""
+    cupy_deform.fused_config.cache_clear()  # it reads GEMM_MIN_KG, not in its cache key
+    request.addfinalizer(cupy_deform.fused_config.cache_clear)
+    monkeypatch.setattr(cupy_conv, "GEMM_VEC", True)
+    monkeypatch.setattr(cupy_conv, "SPLIT_K", 2)
+    monkeypatch.setattr(cupy_conv, "TRANSPOSED_GEMM", True)
+    monkeypatch.setattr(cupy_deform, "DEFORM_FUSED", True)
+    check_random_case(op, BACKEND, np.dtype("float32"), data)
+
+
+@pytest.mark.parametrize(("kg", "dchar", "vec", "narrow", "expected"), [
+    (64, "f", False, False, (64, False)),   # the default tile, whatever the channel count
+    (256, "f", False, False, (64, False)),
+    (21, "f", False, True, (32, False)),    # phase GEMM, narrow groups
+    (21, "f", True, True, (32, True)),
+    (40, "f", True, False, (64, True)),
+    (64, "e", True, False, (64, True)),
+    (65, "f", True, False, (128, True)),
+    (256, "e", True, False, (128, True)),
+    (256, "d", True, False, (64, True)),    # double: no 128-row tiles
+])
+def test_gemm_tile_choice(kg, dchar, vec, narrow, expected):
+    assert cupy_conv.gemm_tile(kg, dchar, vec, narrow) == expected
+
+
 @pytest.mark.parametrize(("tiles", "r", "sms", "expected"), [
     (128, 2304, 132, (2, 1152)),   # dilated_aspp on an H100: 256 blocks in one wave
     (128, 576, 132, (2, 288)),     # dilated_small
@@ -297,6 +372,13 @@ def test_split_k_choice(tiles, r, sms, expected):
     assert (splits, r_slice) == expected
     assert r_slice % 16 == 0 or splits == 1
     assert (splits - 1) * r_slice < r <= splits * r_slice
+
+
+def test_split_k_for_128_row_tiles_counts_one_block_per_sm():
+    # dilated_aspp with 128 x 128 tiles: 64 tiles, one resident block per SM (168+
+    # registers), so 2 slices make 128 blocks for 132 SMs (64-row tiles' rule: 4 slices)
+    assert cupy_conv.split_k(64, 2304, 132, bm=128) == (2, 1152)
+    assert cupy_conv.split_k(64, 2304, 132) == (4, 576)
 
 
 # ----------------------------------------------------------------------------- the emulator
@@ -355,7 +437,7 @@ def test_fused_deform_applies_where_its_table_fits():
     x, w = case.arrays["input"], case.arrays["weight"]
     shapes = (x.shape, w.shape, (2, 64, 64, 64), (1, 1), (1, 1), (1, 1), 1, 1, True, False)
     name, grid, smem, _, splits = cupy_deform.fused_config(*shapes, "f", 64 * 132)
-    assert name == "fc::deform_conv2d_gemm<float, 3>" and splits == 1
+    assert name == "fc::deform_conv2d_gemm<float, 3, false>" and splits == 1
     assert smem == 9 * 128 * 25 and grid == 64  # 8192 columns / 128, one tile of 64 channels
     assert cupy_deform.fused_config(*shapes, "d", 64 * 132) is None  # double: table too big
     # split-K as conv2d_gemm chooses it: few tiles for 132 SMs, a reduction of 576

@@ -34,13 +34,17 @@ CTYPES = {
 
 #: compile-time square kernel sizes of conv2d_gemm (0 = any size, read at run time)
 GEMM_KSZ = (0, 1, 3)
+#: register tiles of the implicit GEMMs (gemm.cuh's GemmTile): (output channels per tile,
+#: 4-wide vector fragments).  (64, False) is the default; the others are conv.GEMM_VEC's;
+#: 128-row tiles not for double (64 accumulators of 8 bytes per thread would spill)
+GEMM_TILES = ((64, False), (64, True), (128, True))
 #: compile-time square kernel sizes of conv2d_depthwise_tiled (0 = any size)
 DEPTHWISE_KSZ = (0, 3, 5)
 #: compile-time square kernel sizes of deform_conv2d_gemm (0 = any size); not 3 for double,
 #: whose 3x3 sampling table does not fit in shared memory (deform.fused_config)
 DEFORM_KSZ = (0, 3)
-#: output channels per tile of conv_transpose2d_gemm (32 for narrow groups)
-TRANSPOSED_GEMM_BM = (32, 64)
+#: register tiles of conv_transpose2d_gemm (as GEMM_TILES, and 32 rows for narrow groups)
+TRANSPOSED_GEMM_TILES = ((32, False), (64, False), (32, True), (64, True), (128, True))
 #: output channels per thread of conv2d_direct / conv_transpose2d_direct
 DIRECT_KB = (1, 2, 4, 8, 16)
 #: channels per thread of roi_align / roi_pool
@@ -67,22 +71,29 @@ def expr(kernel: str, ctype: str, *params: int | bool) -> str:
     return "fc::" + kernel + "<" + ", ".join([ctype, *spelled]) + ">"
 
 
+def gemm_tile_exists(ctype: str, bm: int) -> bool:
+    """Whether the implicit-GEMM kernels are instantiated with ``bm``-row tiles for ``ctype``."""
+    return bm < 128 or ctype != "double"
+
+
 def name_expressions(file: str, ctype: str) -> tuple[str, ...]:
     """Every instantiation in ``file`` for storage type ``ctype`` that a launcher may use."""
     if file == "conv.cu":
         return (
-            *(expr("conv2d_gemm", ctype, k) for k in GEMM_KSZ),
+            *(expr("conv2d_gemm", ctype, k, bm, vec) for bm, vec in GEMM_TILES
+              if gemm_tile_exists(ctype, bm) for k in GEMM_KSZ),
             expr("conv_sum_splits", ctype),
             *(expr("conv2d_direct", ctype, kb) for kb in DIRECT_KB),
             *(expr("conv2d_depthwise_tiled", ctype, k) for k in DEPTHWISE_KSZ),
             expr("conv2d_depthwise_direct", ctype),
             *(expr("conv_transpose2d_direct", ctype, kb) for kb in DIRECT_KB),
-            *(expr("conv_transpose2d_gemm", ctype, bm) for bm in TRANSPOSED_GEMM_BM),
+            *(expr("conv_transpose2d_gemm", ctype, bm, vec) for bm, vec in TRANSPOSED_GEMM_TILES
+              if gemm_tile_exists(ctype, bm)),
         )
     if file == "deform.cu":
         return (expr("deform_im2col", ctype),
-                *(expr("deform_conv2d_gemm", ctype, k) for k in DEFORM_KSZ
-                  if k == 0 or ctype != "double"))
+                *(expr("deform_conv2d_gemm", ctype, k, vec) for k in DEFORM_KSZ
+                  if k == 0 or ctype != "double" for vec in (False, True)))
     if file == "roi.cu":
         return (
             *(expr("roi_align", ctype, cb, g) for cb in ROI_CB for g in ROI_BOX_GRID),

@@ -86,6 +86,17 @@ def compile_file(file: str, arch: str, names, include_dir: str, extra_options=()
     maps each name expression to its mangled symbol.  Raises :class:`NvrtcError` with
     the log when NVRTC fails.
     """
+    lowered, log, _ = _compile(file, arch, names, include_dir, extra_options, False)
+    return lowered, log
+
+
+def compile_cubin(file: str, arch: str, names, include_dir: str):
+    """:func:`compile_file` for a real architecture (``sm_XY``), also returning the
+    machine code: ``(lowered names, log, cubin bytes)``."""
+    return _compile(file, arch, names, include_dir, (), True)
+
+
+def _compile(file, arch, names, include_dir, extra_options, want_cubin):
     from cuda.bindings import nvrtc
 
     src = _module.source(file).encode()
@@ -108,7 +119,13 @@ def compile_file(file: str, arch: str, names, include_dir: str, extra_options=()
         for name in names:
             low = _check(nvrtc, nvrtc.nvrtcGetLoweredName(prog, name.encode()), f"lowered {name}")
             lowered[name] = low.decode() if isinstance(low, bytes) else str(low)
-        return lowered, log
+        cubin = None
+        if want_cubin:
+            size = _check(nvrtc, nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
+            buf = b" " * size
+            _check(nvrtc, nvrtc.nvrtcGetCUBIN(prog, buf), "nvrtcGetCUBIN")
+            cubin = bytes(buf)
+        return lowered, log, cubin
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
 

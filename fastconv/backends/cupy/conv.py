@@ -12,8 +12,9 @@ Kernel choice for ``conv2d`` (per group: ``Cg = C_in/groups`` input and
 * ``Cg == 1`` (depthwise, any channel multiplier): ``conv2d_depthwise_tiled``
   when its input tile fits in shared memory (and :data:`DEPTHWISE_TILED`), else
   ``conv2d_depthwise_direct``;
-* ``Kg >= GEMM_MIN_KG``: the implicit-GEMM kernel ``conv2d_gemm``; with
-  :data:`SPLIT_K` set to None, when its 64x128 tiles would leave the GPU short of
+* ``Kg >= GEMM_MIN_KG``: the implicit-GEMM kernel ``conv2d_gemm`` (64x128 tiles; with
+  :data:`GEMM_VEC`, vector register tiles of 64 or 128 rows, :func:`gemm_tile`); with
+  :data:`SPLIT_K` set to None, when its tiles would leave the GPU short of
   work (fewer than ``GEMM_BLOCKS_PER_SM`` blocks per SM) and the reduction is long,
   the reduction is split (split-K) and ``conv_sum_splits`` adds the partial sums;
 * otherwise (grouped convolutions with few channels per group):
@@ -37,7 +38,8 @@ from ._module import CTYPES, expr
 
 #: output channels per group from which conv2d uses the implicit-GEMM kernel
 GEMM_MIN_KG = 32
-#: resident 256-thread conv2d_gemm blocks per SM (94-128 registers: 2 fit in 64K registers)
+#: resident 256-thread conv2d_gemm blocks per SM (94-128 registers: 2 fit in 64K registers;
+#: the 128-row vector tiles take 168-183 registers: 1)
 GEMM_BLOCKS_PER_SM = 2
 #: the shortest reduction slice of a split-K launch (8 slices of 16 rows)
 SPLIT_MIN_R = 128
@@ -55,6 +57,14 @@ TRANSPOSED_GEMM = False
 #: an A/B arm of ``bench/ab_cupy_variants.py`` for small maps (H100, depthwise 1x256x56x56:
 #: tiled 11.0 us, cuDNN 10.7 us)
 DEPTHWISE_TILED = True
+#: the implicit GEMMs (conv2d_gemm, conv_transpose2d_gemm, deform_conv2d_gemm) with
+#: gemm.cuh's vector register tiles: 4-wide fragments read with 128-bit shared-memory loads
+#: (3-4 loads per 32-64 FMAs instead of 12 per 32) and 128-row tiles for groups of more than
+#: 64 output channels (not double).  Off by default until a GPU run of
+#: ``bench/ab_cupy_variants.py`` shows it pays; the default tiles' main loop is bounded by
+#: shared-memory bandwidth at about 2/3 of the FMA peak (H100: dilated_aspp at 18.6 TFLOP/s,
+#: 36 % of the measured fp32 matmul)
+GEMM_VEC = False
 #: dynamic shared memory a launch may use (the default per-block limit)
 SMEM_BUDGET = 48 * 1024
 BLOCK = 256
@@ -83,6 +93,20 @@ def _grid(items: int, max_blocks: int) -> int:
     return max(1, min(items, max_blocks))
 
 
+def gemm_tile(kg: int, dchar: str, vec: bool, narrow: bool = False) -> tuple[int, bool]:
+    """``(BM, VEC)``: the register tile of an implicit GEMM over groups of ``kg`` output
+    channels (gemm.cuh's GemmTile; ``vec`` is :data:`GEMM_VEC`).
+
+    64 rows; 32 with ``narrow`` (conv_transpose2d_gemm) for ``kg <= 32``; with ``vec``,
+    128 for ``kg > 64`` unless the dtype is double.
+    """
+    if narrow and kg <= 32:
+        return 32, vec
+    if vec and kg > 64 and _module.gemm_tile_exists(CTYPES[np.dtype(dchar)], 128):
+        return 128, True
+    return 64, vec
+
+
 def gemm_tiles(pixels: int, kg: int, groups: int, bm: int = 64) -> int:
     """Work items of an implicit GEMM (gemm.cuh): 128-pixel by ``bm``-channel tiles per group."""
     return -(-pixels // 128) * -(-kg // bm) * groups
@@ -98,6 +122,7 @@ def plan_conv2d(x, weight, bias, out, stride, padding, dilation, groups, max_blo
     name, grid, smem, scalars, splits = _conv2d_config(
         x.shape, weight.shape, bias is not None, out.shape, stride, padding, dilation, groups,
         x.dtype.char, max_blocks, SPLIT_K if empty is not None else 1, DEPTHWISE_TILED,
+        GEMM_VEC,
     )
     args = (x, weight, weight if bias is None else bias, out) + scalars
     if not name.startswith("fc::conv2d_gemm"):
@@ -127,14 +152,16 @@ def gemm_launches(launch, splits, bias, out, max_blocks, empty=None):
              BLOCK, 0, sum_args)]
 
 
-def split_k(tiles: int, r: int, sms: int, forced: int | None = None) -> tuple[int, int]:
+def split_k(tiles: int, r: int, sms: int, forced: int | None = None,
+            bm: int = 64) -> tuple[int, int]:
     """``(splits, r_slice)`` for an implicit GEMM of ``tiles`` blocks and reduction ``r``.
 
-    Splits only when the tiles fill less than half of ``GEMM_BLOCKS_PER_SM * sms``
-    resident blocks and each slice keeps at least ``SPLIT_MIN_R`` rows; ``r_slice`` is
-    a multiple of 16 (the kernel's slice depth).  ``forced`` asks for that many slices.
+    Splits only when the tiles fill less than half of the resident blocks
+    (``GEMM_BLOCKS_PER_SM * sms``; ``sms`` for ``bm = 128``-row tiles, one per SM) and
+    each slice keeps at least ``SPLIT_MIN_R`` rows; ``r_slice`` is a multiple of 16 (the
+    kernel's slice depth).  ``forced`` asks for that many slices.
     """
-    target = GEMM_BLOCKS_PER_SM * sms
+    target = (1 if bm >= 128 else GEMM_BLOCKS_PER_SM) * sms
     if forced is not None:
         splits = max(1, min(forced, -(-r // 16)))
     elif 2 * tiles > target:
@@ -156,6 +183,7 @@ def plan_conv_transpose2d(x, weight, bias, out, stride, padding, dilation, group
     name, grid, smem, scalars, splits = _conv_transpose2d_config(
         x.shape, weight.shape, bias is not None, out.shape, stride, padding, dilation, groups,
         x.dtype.char, max_blocks, TRANSPOSED_GEMM, SPLIT_K if empty is not None else 1,
+        GEMM_VEC,
     )
     args = (x, weight, weight if bias is None else bias, out) + scalars
     if not name.startswith("fc::conv_transpose2d_gemm"):
@@ -169,11 +197,11 @@ def plan_conv_transpose2d(x, weight, bias, out, stride, padding, dilation, group
 
 @functools.lru_cache(maxsize=4096)
 def _conv2d_config(xshape, wshape, has_bias, oshape, stride, padding, dilation, groups, dchar,
-                   max_blocks, split=None, depthwise_tiled=True):
+                   max_blocks, split=None, depthwise_tiled=True, vec=False):
     """``(kernel name, grid, shared memory bytes, scalar args, splits)`` of one conv2d launch.
 
     ``split`` is :data:`SPLIT_K` (None: automatic; an int: that many slices);
-    ``depthwise_tiled`` is :data:`DEPTHWISE_TILED`.
+    ``depthwise_tiled`` is :data:`DEPTHWISE_TILED`; ``vec`` is :data:`GEMM_VEC`.
     """
     N, C_in, H, W = xshape
     C_out, Cg, kH, kW = wshape
@@ -201,9 +229,10 @@ def _conv2d_config(xshape, wshape, has_bias, oshape, stride, padding, dilation, 
 
     kb = _pick_kb(Kg, khw, acc)
     if Kg >= GEMM_MIN_KG or khw * kb * acc > SMEM_BUDGET:
-        tiles = gemm_tiles(P, Kg, groups)
-        splits, r_slice = split_k(tiles, Cg * khw, max_blocks // 64, split)
-        name = expr("conv2d_gemm", ctype, _ksz(kH, kW, _module.GEMM_KSZ))
+        bm, vec = gemm_tile(Kg, dchar, vec)
+        tiles = gemm_tiles(P, Kg, groups, bm)
+        splits, r_slice = split_k(tiles, Cg * khw, max_blocks // 64, split, bm)
+        name = expr("conv2d_gemm", ctype, _ksz(kH, kW, _module.GEMM_KSZ), bm, vec)
         return (name, _grid(tiles * splits, max_blocks), 0,
                 scalars + (_I32(splits), _I32(r_slice)), splits)
 
@@ -215,11 +244,12 @@ def _conv2d_config(xshape, wshape, has_bias, oshape, stride, padding, dilation, 
 
 @functools.lru_cache(maxsize=4096)
 def _conv_transpose2d_config(xshape, wshape, has_bias, oshape, stride, padding, dilation, groups,
-                             dchar, max_blocks, gemm=False, split=1):
+                             dchar, max_blocks, gemm=False, split=1, vec=False):
     """``(kernel name, grid, shared memory bytes, scalar args, splits)`` of one
     conv_transpose2d launch.
 
-    ``gemm``: :data:`TRANSPOSED_GEMM`; ``split``: :data:`SPLIT_K` (the phase GEMM only).
+    ``gemm``: :data:`TRANSPOSED_GEMM`; ``split``: :data:`SPLIT_K` and ``vec``:
+    :data:`GEMM_VEC` (the phase GEMM only).
     """
     N, C_in, H, W = xshape
     _, Kg, kH, kW = wshape
@@ -234,16 +264,16 @@ def _conv_transpose2d_config(xshape, wshape, has_bias, oshape, stride, padding, 
     step_i, step_j = sH // math.gcd(sH, dH), sW // math.gcd(sW, dW)
     if gemm:
         # 32-row tiles when a group has <= 32 output channels: 64 would leave half idle
-        bm = 32 if Kg <= 32 else 64
+        bm, vec = gemm_tile(Kg, dchar, vec, narrow=True)
         # one GEMM per phase, over the largest phase's pixels
         tiles = gemm_tiles(N * -(-Ho // sH) * -(-Wo // sW), Kg, groups, bm) * sH * sW
         # the longest phase reduction: every step_i-th tap of a column of taps, likewise rows
         r_max = Cg * -(-kH // step_i) * -(-kW // step_j)
-        splits, r_slice = split_k(tiles, r_max, max_blocks // 64, split)
+        splits, r_slice = split_k(tiles, r_max, max_blocks // 64, split, bm)
         scalars = tuple(_I32(v) for v in (
             N, C_in, H, W, C_out, Ho, Wo, kH, kW, sH, sW, pH, pW, dH, dW, groups, has_bias,
             step_i, step_j, splits, r_slice))
-        name = expr("conv_transpose2d_gemm", CTYPES[dtype], bm)
+        name = expr("conv_transpose2d_gemm", CTYPES[dtype], bm, vec)
         return name, _grid(tiles * splits, max_blocks), 0, scalars, splits
     kb = _pick_kb(Kg, khw, acc)
     if khw * kb * acc > SMEM_BUDGET:

@@ -99,14 +99,15 @@ def offset_group_span(c_in: int, groups: int, offset_groups: int) -> int:
 
 @functools.lru_cache(maxsize=1024)
 def fused_config(xshape, wshape, oshape, stride, padding, dilation, groups, offset_groups,
-                 has_mask, has_bias, dchar, max_blocks, split=1):
+                 has_mask, has_bias, dchar, max_blocks, split=1, vec=False):
     """``(kernel name, grid, shared memory bytes, scalar args, splits)`` of one
     deform_conv2d_gemm launch, or None where the fused kernel does not apply.
 
     It applies where conv2d would take the implicit GEMM (``C_out/groups >=
     conv.GEMM_MIN_KG``), there are input channels, the sampling table and the GEMM tiles fit in
     ``conv.SMEM_BUDGET`` of shared memory, and ``(H+1)*(W+1) < 2**31`` (the table's
-    corner offsets are 32-bit).  ``split`` is :data:`conv.SPLIT_K`.
+    corner offsets are 32-bit).  ``split`` is :data:`conv.SPLIT_K`, ``vec``
+    :data:`conv.GEMM_VEC` (the vector register tiles, 64 rows).
     """
     N, C_in, H, W = xshape
     C_out, Cg, kH, kW = wshape
@@ -123,13 +124,14 @@ def fused_config(xshape, wshape, oshape, stride, padding, dilation, groups, offs
         return None  # (no input channels: the two-stage path writes the bias alone)
     tiles = gemm_tiles(N * Ho * Wo, Kg, groups)
     splits, r_slice = split_k(tiles, Cg * khw, max_blocks // 64, split)
+    vec = bool(vec)  # 64-row tiles either way (the table leaves no room for 128)
     (sH, sW), (pH, pW), (dH, dW) = stride, padding, dilation
     scalars = tuple(_I32(v) for v in (
         N, C_in, H, W, C_out, Ho, Wo, kH, kW, sH, sW, pH, pW, dH, dW, groups, offset_groups,
         span, has_mask, has_bias, splits, r_slice))
-    name = expr("deform_conv2d_gemm", CTYPES[dtype], kH if kH == kW else 0)
+    name = expr("deform_conv2d_gemm", CTYPES[dtype], kH if kH == kW else 0, vec)
     if name not in _module.registered():
-        name = expr("deform_conv2d_gemm", CTYPES[dtype], 0)
+        name = expr("deform_conv2d_gemm", CTYPES[dtype], 0, vec)
     return name, _grid(tiles * splits, max_blocks), table, scalars, splits
 
 
@@ -154,7 +156,7 @@ def deform_conv2d(x, offset, weight, bias, mask, *, stride, padding, dilation, g
     if DEFORM_FUSED:
         config = fused_config(x.shape, weight.shape, out.shape, stride, padding, dilation,
                               groups, offset_groups, mask is not None, bias is not None,
-                              x.dtype.char, max_blocks, conv.SPLIT_K)
+                              x.dtype.char, max_blocks, conv.SPLIT_K, conv.GEMM_VEC)
         if config is not None:
             _module.run(plan_deform_conv2d_fused(x, offset, weight, bias, mask, out, config,
                                                  max_blocks, cp.empty))

@@ -9,6 +9,8 @@ setting                       default   what the other values do
 ``conv.SPLIT_K``              1         None: split the implicit GEMMs' reductions where their
                                         tiles leave the GPU short of blocks; n: n slices
 ``conv.TRANSPOSED_GEMM``      False     conv_transpose2d as one implicit GEMM per output phase
+``conv.GEMM_VEC``             False     True: the implicit GEMMs with vector register tiles
+                                        (128-bit shared-memory loads, 128-row tiles)
 ``conv.DEPTHWISE_TILED``      True      False: depthwise conv2d without the shared-memory tile
 ``deform.DEFORM_FUSED``       False     deform_conv2d in one kernel (sampling inside the GEMM)
 ``roi.ROI_BOX_GRID``          False     RoI kernels with the boxes on grid y
@@ -23,7 +25,7 @@ import contextlib
 from . import conv, deform, roi
 
 #: setting -> the module that holds it
-OWNER = {"SPLIT_K": conv, "TRANSPOSED_GEMM": conv, "DEPTHWISE_TILED": conv,
+OWNER = {"SPLIT_K": conv, "TRANSPOSED_GEMM": conv, "GEMM_VEC": conv, "DEPTHWISE_TILED": conv,
          "DEFORM_FUSED": deform, "ROI_BOX_GRID": roi, "ROI_CB": roi}
 
 

@@ -15,6 +15,9 @@
 //                                the partial sums go to part[s][n][k][y][x] (in Acc<T>);
 //                                conv_sum_splits adds them up with the bias.  That fills
 //                                the GPU when there are few (k, p) tiles and a long r.
+//                                BM, VEC: gemm.cuh's GemmTile (64, false by default); the
+//                                VEC tiles also order the reduction tap-major when C_in
+//                                per group is a multiple of 16 (one tap per slice).
 //   conv_sum_splits<T>           out = sum over s of part[s] (+ bias): the split-K epilogue.
 //   conv2d_direct<T, KB>         few output channels per group (grouped convs): one
 //                                thread per output pixel computing KB output channels;
@@ -45,14 +48,15 @@ namespace fc {
 
 // ------------------------------------------------------------------ conv2d: implicit GEMM
 
-template <typename T, int KSZ>
-__global__ void __launch_bounds__(256)
+template <typename T, int KSZ, int BM_, bool VEC>
+__global__ void __launch_bounds__(256, (gemm_min_blocks<GemmTile<BM_, VEC>, T>))
 conv2d_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
             T* __restrict__ out, int N, int C_in, int H, int W, int C_out, int Ho, int Wo,
             int kH_, int kW_, int sH, int sW, int pH, int pW, int dH, int dW, int groups,
             int has_bias, int splits, int r_slice, typename Acc<T>::type* __restrict__ part) {
     typedef typename Acc<T>::type A;
-    constexpr int BM = Gemm::BM, BN = Gemm::BN, BK = Gemm::BK, TM = Gemm::TM, TN = Gemm::TN;
+    typedef GemmTile<BM_, VEC> G;
+    constexpr int BM = G::BM, BN = G::BN, BK = G::BK, TM = G::TM, TN = G::TN, AQ = G::AQ;
     __shared__ __align__(16) A As[BK][BM + 4];
     __shared__ __align__(16) A Bs[BK][BN];
 
@@ -61,12 +65,12 @@ conv2d_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
     const int Cg = C_in / groups, Kg = C_out / groups;
     const int R = Cg * kHW;
     const i64 HW = (i64)H * W;
-    const GemmWork wk(N, Ho, Wo, Kg, groups, splits);
+    const GemmWork<G> wk(N, Ho, Wo, Kg, groups, splits);
     const i64 HWo = wk.HWo, P = wk.P;
     const int a_r = wk.a_r, a_m = wk.a_m, b_p = wk.b_p, b_r = wk.b_r;
 
     for (i64 item = blockIdx.x; item < wk.items; item += gridDim.x) {
-        const GemmItem it(item, wk.pTiles, wk.mTiles, groups, r_slice, R);
+        const GemmItem<G> it(item, wk.pTiles, wk.mTiles, groups, r_slice, R);
         const int g = it.g;
 
         // The one output pixel whose column of im2col(x) this thread gathers.
@@ -85,7 +89,7 @@ conv2d_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
         const T* wg = w + (i64)g * Kg * R;  // rows of this group's output channels
 
         // B = im2col(x): element (c, t) is x[n, g*Cg + c] at this pixel's tap t (0 in the padding)
-        auto load_slice = [&](int r0, A (&ra)[4], A (&rb)[8]) {
+        auto load_slice = [&](int r0, A (&ra)[AQ], A (&rb)[8]) {
             conv_load_slice(ra, rb, wg, it.m0 + a_m, a_r, b_r, r0, Kg, R, kHW, pb_ok,
                             [&](int c, int t) {
                 const int i = t / kW, j = t - i * kW;
@@ -96,8 +100,33 @@ conv2d_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
         };
 
         A acc[TM][TN];
-        gemm_mainloop(acc, As, Bs, it.r_begin, it.r_end, load_slice);
-        gemm_store_nchw(out, part, acc, it, P, HWo, C_out, Kg, splits, bias, has_bias);
+        if constexpr (VEC) {
+            if (Cg > 0 && Cg % BK == 0) {
+                // Tap-major reduction order r = t * Cg + c: a 16-deep slice (and a split-K
+                // slice, r_slice % 16 == 0) is 16 channels of one tap, so the tap, its
+                // input offset and its padding test are worked out once per slice instead
+                // of once per element; the 8 elements are then 8 channels 2*HW apart.
+                auto load_tap_major = [&](int r0, A (&ra)[AQ], A (&rb)[8]) {
+                    const int t = r0 / Cg, c0 = r0 - t * Cg;  // the same for the whole block
+                    const int i = t / kW, j = t - i * kW;
+                    const T* wr = wg + (i64)(it.m0 + a_m) * R + (i64)(c0 + a_r) * kHW + t;
+#pragma unroll
+                    for (int q = 0; q < AQ; ++q)
+                        ra[q] = it.m0 + a_m + 16 * q < Kg ? ld(wr + (i64)(16 * q) * R) : A(0);
+                    const int iy = iy0 + i * dH, ix = ix0 + j * dW;
+                    const bool ok = pb_ok && in_range(iy, H) && in_range(ix, W);
+                    const T* xr = xb + (ok ? (i64)(c0 + b_r) * HW + (i64)iy * W + ix : 0);
+#pragma unroll
+                    for (int q = 0; q < 8; ++q) rb[q] = ok ? ld(xr + (2 * q) * HW) : A(0);
+                };
+                gemm_mainloop<G>(acc, As, Bs, it.r_begin, it.r_end, load_tap_major);
+                gemm_store_nchw<G>(out, part, acc, it, P, HWo, C_out, Kg, splits, bias,
+                                   has_bias);
+                continue;
+            }
+        }
+        gemm_mainloop<G>(acc, As, Bs, it.r_begin, it.r_end, load_slice);
+        gemm_store_nchw<G>(out, part, acc, it, P, HWo, C_out, Kg, splits, bias, has_bias);
     }
 }
 
@@ -417,15 +446,17 @@ __device__ __forceinline__ int floordiv(int a, int b) {
 // phase's R (none, for a phase with fewer rows: its partial sums are then 0) into
 // part[s][n][k][y][x], and conv_sum_splits adds the slices and the bias.  BM = 32 or 64
 // output channels per tile (GemmTile): 32 for narrow groups such as FCN's 21 classes.
-template <typename T, int BM_>
-__global__ void __launch_bounds__(256)
+// VEC: gemm.cuh's vector tiles (and 128 rows), with the reduction ordered tap-major when
+// the input channels per group are a multiple of 16 (as conv2d_gemm).
+template <typename T, int BM_, bool VEC>
+__global__ void __launch_bounds__(256, (gemm_min_blocks<GemmTile<BM_, VEC>, T>))
 conv_transpose2d_gemm(const T* __restrict__ x, const T* __restrict__ w,
                       const T* __restrict__ bias, T* __restrict__ out, int N, int C_in, int H,
                       int W, int C_out, int Ho, int Wo, int kH, int kW, int sH, int sW, int pH,
                       int pW, int dH, int dW, int groups, int has_bias, int stepI, int stepJ,
                       int splits, int r_slice, typename Acc<T>::type* __restrict__ part) {
     typedef typename Acc<T>::type A;
-    typedef GemmTile<BM_> G;
+    typedef GemmTile<BM_, VEC> G;
     constexpr int BM = G::BM, BN = G::BN, BK = G::BK, TM = G::TM, TN = G::TN, AQ = G::AQ;
     __shared__ __align__(16) A As[BK][BM + 4];
     __shared__ __align__(16) A Bs[BK][BN];
@@ -437,7 +468,7 @@ conv_transpose2d_gemm(const T* __restrict__ x, const T* __restrict__ w,
     const int mTiles = (Kg + BM - 1) / BM;
     const i64 items = pTiles * mTiles * groups * sH * sW * splits;
 
-    const int tid = threadIdx.x, tx = tid & 31;
+    const int tid = threadIdx.x, tx = G::tx();
     const int a_r = tid & (BK - 1), a_m = tid >> 4;  // weight loads: (k = a_m + 16q, r = a_r)
     const int b_p = tid & (BN - 1), b_r = tid >> 7;  // input loads:  (r = b_r + 2q, p = b_p)
 
@@ -514,11 +545,42 @@ conv_transpose2d_gemm(const T* __restrict__ x, const T* __restrict__ w,
 
         A acc[TM][TN];
         const int r_begin = split * r_slice;  // may be >= R: then acc stays 0
-        gemm_mainloop<G>(acc, As, Bs, r_begin, imin(r_begin + r_slice, R), load_slice);
+        bool tap_major = false;
+        if constexpr (VEC) tap_major = Cg > 0 && Cg % BK == 0;
+        if (tap_major) {
+            // Tap-major reduction order r = t * Cg + c, as conv2d_gemm's: a 16-deep slice
+            // is 16 channels of one of the phase's taps t = (mi, mj)
+            auto load_tap_major = [&](int r0, A (&ra)[AQ], A (&rb)[8]) {
+                if (r0 >= R) {  // a split past this phase's reduction (uniform)
+#pragma unroll
+                    for (int q = 0; q < AQ; ++q) ra[q] = A(0);
+#pragma unroll
+                    for (int q = 0; q < 8; ++q) rb[q] = A(0);
+                    return;
+                }
+                const int t = r0 / Cg, c0 = r0 - t * Cg;  // the same for the whole block
+                const int mi = t / nJ, mj = t - mi * nJ;
+                const T* wr = wg + (i64)(c0 + a_r) * Kg * kHW + (i0 + mi * stepI) * kW +
+                              (j0 + mj * stepJ);
+#pragma unroll
+                for (int q = 0; q < AQ; ++q) {
+                    const int m = m0 + a_m + 16 * q;
+                    ra[q] = m < Kg ? ld(wr + (i64)m * kHW) : A(0);
+                }
+                const int iy = iyb - mi * esy, ix = ixb - mj * esx;
+                const bool ok = pb_ok && in_range(iy, H) && in_range(ix, W);
+                const T* xr = xb + (ok ? (i64)(c0 + b_r) * HW + (i64)iy * W + ix : 0);
+#pragma unroll
+                for (int q = 0; q < 8; ++q) rb[q] = ok ? ld(xr + (2 * q) * HW) : A(0);
+            };
+            gemm_mainloop<G>(acc, As, Bs, r_begin, imin(r_begin + r_slice, R), load_tap_major);
+        } else {
+            gemm_mainloop<G>(acc, As, Bs, r_begin, imin(r_begin + r_slice, R), load_slice);
+        }
 
 #pragma unroll
         for (int j = 0; j < TN; ++j) {
-            const i64 p = p0 + tx + 32 * j;
+            const i64 p = p0 + G::col(tx, j);
             if (p >= P) continue;
             const i64 n = p / HWp;
             const int uv = (int)(p - n * HWp);
@@ -526,10 +588,11 @@ conv_transpose2d_gemm(const T* __restrict__ x, const T* __restrict__ w,
             const int y = ay - pH + sH * (u0 + u), xo = ax - pW + sW * (v0 + v);
             const i64 o = ((i64)n * C_out + (i64)g * Kg) * HWo + (i64)y * Wo + xo;
             if (splits > 1)  // partial sums, no bias: conv_sum_splits finishes
-                gemm_store_column(part + (i64)split * N * C_out * HWo + o, acc, j, m0, Kg, HWo,
-                                  bias, 0);
+                gemm_store_columns<G, 1>(part + (i64)split * N * C_out * HWo + o, acc, j, m0,
+                                         Kg, HWo, bias, 0);
             else
-                gemm_store_column(out + o, acc, j, m0, Kg, HWo, bias + g * Kg, has_bias);
+                gemm_store_columns<G, 1>(out + o, acc, j, m0, Kg, HWo, bias + g * Kg,
+                                         has_bias);
         }
     }
 }

@@ -74,7 +74,7 @@ deform_im2col(const T* __restrict__ x, const T* __restrict__ offset, const T* __
 //
 // Table layout (E = og_span * kH*kW * 128 entries, og_span = most offset groups one
 // group's channels span): A weights[5][E] (w1..w4, mask), int low[E], uchar loaded[E].
-template <typename T, int KSZ>
+template <typename T, int KSZ, bool VEC>
 __global__ void __launch_bounds__(256)
 deform_conv2d_gemm(const T* __restrict__ x, const T* __restrict__ offset,
                    const T* __restrict__ mask, const T* __restrict__ w,
@@ -84,7 +84,8 @@ deform_conv2d_gemm(const T* __restrict__ x, const T* __restrict__ offset,
                    int has_bias, int splits, int r_slice,
                    typename Acc<T>::type* __restrict__ part) {
     typedef typename Acc<T>::type A;
-    constexpr int BM = Gemm::BM, BN = Gemm::BN, BK = Gemm::BK, TM = Gemm::TM, TN = Gemm::TN;
+    typedef GemmTile<64, VEC> Tile;
+    constexpr int BM = Tile::BM, BN = Tile::BN, BK = Tile::BK, TM = Tile::TM, TN = Tile::TN;
     __shared__ __align__(16) A As[BK][BM + 4];
     __shared__ __align__(16) A Bs[BK][BN];
     FC_DYNAMIC_SMEM(A, table);
@@ -99,12 +100,12 @@ deform_conv2d_gemm(const T* __restrict__ x, const T* __restrict__ offset,
     const int Cg = C_in / groups, Kg = C_out / groups, Cpo = C_in / G;
     const int R = Cg * kHW;
     const i64 HW = (i64)H * W;
-    const GemmWork wk(N, Ho, Wo, Kg, groups, splits);
+    const GemmWork<Tile> wk(N, Ho, Wo, Kg, groups, splits);
     const i64 HWo = wk.HWo, P = wk.P;
     const int tid = threadIdx.x, a_r = wk.a_r, a_m = wk.a_m, b_p = wk.b_p, b_r = wk.b_r;
 
     for (i64 item = blockIdx.x; item < wk.items; item += gridDim.x) {
-        const GemmItem it(item, wk.pTiles, wk.mTiles, groups, r_slice, R);
+        const GemmItem<Tile> it(item, wk.pTiles, wk.mTiles, groups, r_slice, R);
         const int g = it.g;
         const i64 p0 = it.p0;
         const int og0 = (g * Cg) / Cpo;  // the offset group of the group's first channel
@@ -173,8 +174,8 @@ deform_conv2d_gemm(const T* __restrict__ x, const T* __restrict__ offset,
         };
 
         A acc[TM][TN];
-        gemm_mainloop(acc, As, Bs, it.r_begin, it.r_end, load_slice);
-        gemm_store_nchw(out, part, acc, it, P, HWo, C_out, Kg, splits, bias, has_bias);
+        gemm_mainloop<Tile>(acc, As, Bs, it.r_begin, it.r_end, load_slice);
+        gemm_store_nchw<Tile>(out, part, acc, it, P, HWo, C_out, Kg, splits, bias, has_bias);
     }
 }
 
