@@ -256,3 +256,39 @@ def test_sass_report_hashes_every_kernel_and_spots_a_change(include_dir, tmp_pat
         assert sass.main(args) == 0
     finally:
         sass.report = report
+
+
+def test_optional_kernels_are_a_module_of_their_own(monkeypatch):
+    """A kernel of an optional path (``_module.optional``) is compiled with the other
+    optional kernels of its file and dtype, never with the default ones, so a default call
+    does not wait for them (CuPy is faked: this only records what would be compiled)."""
+    import types
+
+    built = []
+
+    class FakeModule:
+        def __init__(self, code, options, name_expressions):
+            built.append(tuple(name_expressions))
+
+        def get_function(self, name):
+            return name
+
+    fake = types.SimpleNamespace(RawModule=FakeModule, cuda=types.SimpleNamespace(
+        compiler=types.SimpleNamespace(CompileException=RuntimeError)))
+    monkeypatch.setattr(_module, "cupy", lambda: fake)
+    monkeypatch.setattr(_module, "_modules", {})
+    monkeypatch.setattr(_module, "_kernels", {})
+    default = _module.expr("conv2d_gemm", "float", 3, 64, False)
+    vec = _module.expr("conv2d_gemm", "float", 3, 128, True)
+    phase = _module.expr("conv_transpose2d_gemm", "float", 32, False)
+    assert _module._load(0, default) == default
+    assert len(built) == 1 and default in built[0]
+    assert not any(_module.optional(n) for n in built[0])
+    assert _module._load(0, vec) == vec and _module._load(0, phase) == phase
+    assert len(built) == 2 and vec in built[1] and phase in built[1]
+    assert all(_module.optional(n) for n in built[1])
+    # together they are every conv.cu float kernel
+    assert set(built[0]) | set(built[1]) == set(_module.name_expressions("conv.cu", "float"))
+    assert _module.optional(_module.expr("roi_align", "float", 8, True))
+    assert not _module.optional(_module.expr("roi_align", "float", 8, False))
+    assert not _module.optional(_module.expr("conv2d_depthwise_direct", "float"))

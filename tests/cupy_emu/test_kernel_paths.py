@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import fastconv
 from fastconv import _random_cases, image, reference
+from fastconv.backends.cupy import _module
 from fastconv.backends.cupy import conv as cupy_conv
 from fastconv.backends.cupy import deform as cupy_deform
 from fastconv.backends.cupy import roi as cupy_roi
@@ -169,6 +170,10 @@ def test_every_instantiation_matches_oracle(dtype):
         assert out.dtype == dtype and out.shape == ref.shape, label
         err = _random_cases.relative_error(out, ref)
         assert err <= tol, f"{label} ({dtype}): relative error {err:.3g} > {tol:g}"
+    # with the default settings no optional kernel runs (they are compiled separately)
+    by_default = {name for name, count in emulator.LAUNCHED.items()
+                  if count > before.get(name, 0)}
+    assert not [n for n in by_default if _module.optional(n)]
     # the paths that are off by default, forced: split-K (conv_sum_splits; automatic on a
     # GPU with few tiles), the phase GEMM for conv_transpose2d (FCN-like: kernel 2x stride)
     # and the RoI kernels with boxes on grid y (7 boxes over a grid y of 3: it strides)

@@ -11,7 +11,9 @@ those with NVRTC on a machine without CuPy or a GPU.  At run time one
 ``cupy.RawModule`` per (device, ``.cu`` file, dtype) is compiled with that dtype's
 name expressions (CuPy keeps the binary, mangled names included, in its disk
 cache ``~/.cupy/kernel_cache``), and each kernel object is memoised per
-(device, name expression), so a warm call costs a dict lookup.
+(device, name expression), so a warm call costs a dict lookup.  The kernels of the
+optional paths (:func:`optional`) are a second module per file and dtype, compiled
+only when one of them is first asked for.
 
 CuPy is imported lazily (first launch), never at import time.
 """
@@ -105,6 +107,24 @@ def name_expressions(file: str, ctype: str) -> tuple[str, ...]:
     raise KeyError(file)
 
 
+def optional(name: str) -> bool:
+    """Whether instantiation ``name`` is launched only by an optional path (``variants``,
+    off by default): the phase GEMM (``TRANSPOSED_GEMM``), the fused deformable kernel
+    (``DEFORM_FUSED``), the vector GEMM tiles (``GEMM_VEC``) and the RoI kernels with boxes
+    on grid y (``ROI_BOX_GRID``).
+
+    Those are compiled in a module of their own, on first use, so a call on the default
+    paths never waits for them: NVRTC took 2.7 s for conv.cu's 18 default float kernels
+    and 14.4 s with its 11 optional ones (sm_90, 2-core dev VM).
+    """
+    base, _, params = name.partition("<")
+    if base in ("fc::conv_transpose2d_gemm", "fc::deform_conv2d_gemm"):
+        return True
+    if base in ("fc::conv2d_gemm", "fc::roi_align", "fc::roi_pool"):
+        return params.endswith(", true>")  # GEMM_VEC, ROI_BOX_GRID
+    return False
+
+
 def all_name_expressions(files=FILES) -> dict[str, tuple[str, ...]]:
     """``{file: every name expression of every dtype}`` (what the NVRTC test compiles)."""
     return {f: tuple(e for c in CTYPES.values() for e in name_expressions(f, c)) for f in files}
@@ -144,7 +164,7 @@ def source(file: str) -> str:
 # ----------------------------------------------------------------------- run time
 
 _cupy = None
-_modules: dict = {}  # (device, file, ctype) -> cupy.RawModule
+_modules: dict = {}  # (device, file, ctype, optional) -> cupy.RawModule
 _kernels: dict = {}  # (device, name expression) -> cupy.RawKernel
 _max_blocks: dict = {}  # device -> grid size cap for grid-stride kernels
 _placeholders: dict = {}  # (device, dtype) -> one-element array for unread pointer arguments
@@ -179,13 +199,15 @@ def _load(device: int, name: str):
         raise KeyError(f"{name!r} is not a registered fastconv kernel")
     file, ctype = _REGISTRY[name]
     cp = cupy()
-    key = (device, file, ctype)
+    part = optional(name)  # the optional paths' kernels are a module of their own
+    key = (device, file, ctype, part)
     module = _modules.get(key)
     if module is None:
         module = cp.RawModule(
             code=source(file),
             options=OPTIONS + _extra_options,
-            name_expressions=name_expressions(file, ctype),
+            name_expressions=tuple(n for n in name_expressions(file, ctype)
+                                   if optional(n) == part),
         )
         _modules[key] = module
     try:
