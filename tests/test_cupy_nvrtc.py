@@ -78,16 +78,19 @@ def _may_spill(name: str) -> bool:
     code with 32-bit index divisions still spills; ``roi_align<double, 8, false>``
     spills 40 bytes on sm_90.  The RoI kernels' boxes-on-grid-y form (``BOX_GRID`` true,
     off by default until measured) spills 4-24 bytes in a few instantiations at 32-80
-    registers.  Two instantiations of the vector GEMM tiles (``GEMM_VEC``, off by default)
-    spill 4-20 bytes at 128 registers: the 64-row phase GEMM in float (built for two blocks
-    per SM) and the fused deformable kernel's 3x3 form in float16 (sm_90).  The machine
-    code has those spill stores and loads outside the main loop (at entry and once per work
-    item; ``bench/sass_report.py``).  All the other
+    registers.  Instantiations of the vector GEMM tiles (``GEMM_VEC``, off by default)
+    spill at 128 registers: the 64-row phase GEMM in float (4-12 bytes; built for two
+    blocks per SM) and the fused deformable kernel (``DEFORM_FUSED`` too) in float16 and,
+    any-size, in float (4-132 bytes).  Their spill instructions are outside the main loop
+    (at entry and once per work item; ``bench/sass_report.py``), except one in the
+    float16 any-size deformable kernel's.  All the other
     kernels -- GEMM, depthwise, deformable, the default RoI kernels, resampling, and
     the 16-channel transposed kernel of transposed_fcn/_decoder -- must stay spill-free.
     """
     if name in ("fc::conv_transpose2d_gemm<float, 64, true>",
-                "fc::deform_conv2d_gemm<__half, 3, true>"):
+                "fc::deform_conv2d_gemm<__half, 3, true>",
+                "fc::deform_conv2d_gemm<__half, 0, true>",
+                "fc::deform_conv2d_gemm<float, 0, true>"):
         return True
     base, _, params = name.partition("<")
     if base == "fc::conv2d_direct":

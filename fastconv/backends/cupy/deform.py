@@ -118,7 +118,7 @@ def fused_config(xshape, wshape, oshape, stride, padding, dilation, groups, offs
     khw = kH * kW
     span = offset_group_span(C_in, groups, offset_groups)
     gemm_smem = (16 * (64 + 4) + 16 * 128) * acc  # As and Bs of gemm.cuh's tiles
-    table = span * khw * 128 * (5 * acc + 4 + 1)
+    table = span * khw * 128 * (4 * acc + 4 + 1)
     if (Kg < conv.GEMM_MIN_KG or Cg == 0 or gemm_smem + table > conv.SMEM_BUDGET
             or (H + 1) * (W + 1) >= 2**31):
         return None  # (no input channels: the two-stage path writes the bias alone)

@@ -67,13 +67,14 @@ deform_im2col(const T* __restrict__ x, const T* __restrict__ offset, const T* __
 // the slice, instead of written to a column buffer and read back.  Work items are
 // (128-column tile of p, 64 output channels, group, split of the reduction), as in
 // conv2d_gemm.  Each starts by tabulating in dynamic shared memory the sampling set-up of
-// every (offset group of the group's channels, tap, column): the 4 corner weights, the
-// mask, the low corner's offset yl*W + xl (int: the launcher checks H*W < 2^31) and which
-// corners are loaded.  That is one offset/mask read and one bilinear set-up per entry, as
-// in deform_im2col; a B element then costs its <= 4 loads and 5 multiplies.
+// every (offset group of the group's channels, tap, column): the 4 corner weights times
+// the mask, the low corner's offset yl*W + xl (int: the launcher checks H*W < 2^31) and
+// which corners are loaded.  That is one offset/mask read and one bilinear set-up per
+// entry, as in deform_im2col; a B element then costs one 128-bit shared-memory load of its
+// 4 weights (float), its <= 4 global loads and 4 multiply-adds.
 //
 // Table layout (E = og_span * kH*kW * 128 entries, og_span = most offset groups one
-// group's channels span): A weights[5][E] (w1..w4, mask), int low[E], uchar loaded[E].
+// group's channels span): A weights[E][4] (mask * w1..w4), int low[E], uchar loaded[E].
 template <typename T, int KSZ, bool VEC>
 __global__ void __launch_bounds__(256)
 deform_conv2d_gemm(const T* __restrict__ x, const T* __restrict__ offset,
@@ -93,8 +94,8 @@ deform_conv2d_gemm(const T* __restrict__ x, const T* __restrict__ offset,
     const int kH = KSZ ? KSZ : kH_, kW = KSZ ? KSZ : kW_;
     const int kHW = kH * kW;
     const int E = og_span * kHW * BN;
-    A* const tw = table;                                                  // [5][E]
-    int* const tlow = reinterpret_cast<int*>(table + 5 * E);              // [E]
+    A* const tw = table;                                                  // [E][4]
+    int* const tlow = reinterpret_cast<int*>(table + 4 * E);              // [E]
     unsigned char* const tload = reinterpret_cast<unsigned char*>(tlow + E);  // [E]
 
     const int Cg = C_in / groups, Kg = C_out / groups, Cpo = C_in / G;
@@ -137,11 +138,10 @@ deform_conv2d_gemm(const T* __restrict__ x, const T* __restrict__ offset,
                 b.v1 = b.v2 = b.v3 = b.v4 = false;
                 b.yl = b.xl = 0;
             }
-            tw[e] = b.w1;
-            tw[E + e] = b.w2;
-            tw[2 * E + e] = b.w3;
-            tw[3 * E + e] = b.w4;
-            tw[4 * E + e] = m;
+            tw[4 * e] = m * b.w1;  // the mask folded into the weights
+            tw[4 * e + 1] = m * b.w2;
+            tw[4 * e + 2] = m * b.w3;
+            tw[4 * e + 3] = m * b.w4;
             tlow[e] = b.yl * W + b.xl;
             tload[e] = (unsigned char)((b.v1 ? 1 : 0) | (b.v2 ? 2 : 0) | (b.v3 ? 4 : 0) |
                                        (b.v4 ? 8 : 0));
@@ -168,8 +168,9 @@ deform_conv2d_gemm(const T* __restrict__ x, const T* __restrict__ offset,
                 const A v2 = (loaded & 2) ? ld(src + 1) : A(0);
                 const A v3 = (loaded & 4) ? ld(src + W) : A(0);
                 const A v4 = (loaded & 8) ? ld(src + W + 1) : A(0);
-                return tw[4 * E + e] *
-                       (tw[e] * v1 + tw[E + e] * v2 + tw[2 * E + e] * v3 + tw[3 * E + e] * v4);
+                A wv[4];
+                lds4(wv, tw + 4 * e);  // one 128-bit load (float), two for double
+                return wv[0] * v1 + wv[1] * v2 + wv[2] * v3 + wv[3] * v4;
             });
         };
 
