@@ -78,16 +78,17 @@ def _may_spill(name: str) -> bool:
     code with 32-bit index divisions still spills; ``roi_align<double, 8, false>``
     spills 40 bytes on sm_90.  The RoI kernels' boxes-on-grid-y form (``BOX_GRID`` true,
     off by default until measured) spills 4-24 bytes in a few instantiations at 32-80
-    registers.  Instantiations of the vector GEMM tiles (``GEMM_VEC``, off by default)
-    spill at 128 registers: the 64-row phase GEMM in float (4-12 bytes; built for two
-    blocks per SM) and the fused deformable kernel (``DEFORM_FUSED`` too) in float16 and,
-    any-size, in float (4-132 bytes).  Their spill instructions are outside the main loop
-    (at entry and once per work item; ``bench/sass_report.py``), except one in the
-    float16 any-size deformable kernel's.  All the other
+    registers.  Five instantiations of the vector GEMM tiles (``GEMM_VEC``, off by
+    default; built for two blocks per SM at 64 rows) spill 4-132 bytes at 128 registers:
+    four in float16, and the any-size fused deformable kernel in float.  Their spill
+    instructions are outside the main loop (at entry and once per work item;
+    ``bench/sass_report.py``), except one in the float16 any-size fused deformable
+    kernel's.  All the other
     kernels -- GEMM, depthwise, deformable, the default RoI kernels, resampling, and
     the 16-channel transposed kernel of transposed_fcn/_decoder -- must stay spill-free.
     """
-    if name in ("fc::conv_transpose2d_gemm<float, 64, true>",
+    if name in ("fc::conv2d_gemm<__half, 0, 64, true>",
+                "fc::conv_transpose2d_gemm<__half, 64, true>",
                 "fc::deform_conv2d_gemm<__half, 3, true>",
                 "fc::deform_conv2d_gemm<__half, 0, true>",
                 "fc::deform_conv2d_gemm<float, 0, true>"):

@@ -39,7 +39,7 @@ from ._module import CTYPES, expr
 #: output channels per group from which conv2d uses the implicit-GEMM kernel
 GEMM_MIN_KG = 32
 #: resident 256-thread conv2d_gemm blocks per SM (94-128 registers: 2 fit in 64K registers;
-#: the 128-row vector tiles take 168-183 registers: 1)
+#: the 128-row vector tiles take 171-191 registers: 1)
 GEMM_BLOCKS_PER_SM = 2
 #: the shortest reduction slice of a split-K launch (8 slices of 16 rows)
 SPLIT_MIN_R = 128

@@ -100,32 +100,26 @@ conv2d_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restric
         };
 
         A acc[TM][TN];
-        if constexpr (VEC) {
-            if (Cg > 0 && Cg % BK == 0) {
-                // Tap-major reduction order r = t * Cg + c: a 16-deep slice (and a split-K
-                // slice, r_slice % 16 == 0) is 16 channels of one tap, so the tap, its
-                // input offset and its padding test are worked out once per slice instead
-                // of once per element; the 8 elements are then 8 channels 2*HW apart.
-                auto load_tap_major = [&](int r0, A (&ra)[AQ], A (&rb)[8]) {
-                    const int t = r0 / Cg, c0 = r0 - t * Cg;  // the same for the whole block
-                    const int i = t / kW, j = t - i * kW;
-                    const T* wr = wg + (i64)(it.m0 + a_m) * R + (i64)(c0 + a_r) * kHW + t;
+        bool tap_major = false;
+        if constexpr (VEC) tap_major = Cg > 0 && Cg % BK == 0;
+        if (tap_major) {
+            // Tap-major reduction order r = t * Cg + c: a 16-deep slice (and a split-K
+            // slice, r_slice % 16 == 0) is 16 channels of one tap, so the tap, its input
+            // offset and its padding test are worked out once per slice instead of once per
+            // element; the 8 elements are then 8 channels 2*HW apart.
+            auto load_tap_major = [&](int r0, A (&ra)[AQ], A (&rb)[8]) {
+                const int t = r0 / Cg, c0 = r0 - t * Cg;  // the same for the whole block
+                const int i = t / kW, j = t - i * kW;
+                const T* wr = wg + (i64)(it.m0 + a_m) * R + (i64)(c0 + a_r) * kHW + t;
 #pragma unroll
-                    for (int q = 0; q < AQ; ++q)
-                        ra[q] = it.m0 + a_m + 16 * q < Kg ? ld(wr + (i64)(16 * q) * R) : A(0);
-                    const int iy = iy0 + i * dH, ix = ix0 + j * dW;
-                    const bool ok = pb_ok && in_range(iy, H) && in_range(ix, W);
-                    const T* xr = xb + (ok ? (i64)(c0 + b_r) * HW + (i64)iy * W + ix : 0);
-#pragma unroll
-                    for (int q = 0; q < 8; ++q) rb[q] = ok ? ld(xr + (2 * q) * HW) : A(0);
-                };
-                gemm_mainloop<G>(acc, As, Bs, it.r_begin, it.r_end, load_tap_major);
-                gemm_store_nchw<G>(out, part, acc, it, P, HWo, C_out, Kg, splits, bias,
-                                   has_bias);
-                continue;
-            }
+                for (int q = 0; q < AQ; ++q)
+                    ra[q] = it.m0 + a_m + 16 * q < Kg ? ld(wr + (i64)(16 * q) * R) : A(0);
+                load_tap_column(rb, xb, c0 + b_r, HW, iy0 + i * dH, ix0 + j * dW, H, W, pb_ok);
+            };
+            gemm_mainloop<G>(acc, As, Bs, it.r_begin, it.r_end, load_tap_major);
+        } else {
+            gemm_mainloop<G>(acc, As, Bs, it.r_begin, it.r_end, load_slice);
         }
-        gemm_mainloop<G>(acc, As, Bs, it.r_begin, it.r_end, load_slice);
         gemm_store_nchw<G>(out, part, acc, it, P, HWo, C_out, Kg, splits, bias, has_bias);
     }
 }
@@ -567,11 +561,8 @@ conv_transpose2d_gemm(const T* __restrict__ x, const T* __restrict__ w,
                     const int m = m0 + a_m + 16 * q;
                     ra[q] = m < Kg ? ld(wr + (i64)m * kHW) : A(0);
                 }
-                const int iy = iyb - mi * esy, ix = ixb - mj * esx;
-                const bool ok = pb_ok && in_range(iy, H) && in_range(ix, W);
-                const T* xr = xb + (ok ? (i64)(c0 + b_r) * HW + (i64)iy * W + ix : 0);
-#pragma unroll
-                for (int q = 0; q < 8; ++q) rb[q] = ok ? ld(xr + (2 * q) * HW) : A(0);
+                load_tap_column(rb, xb, c0 + b_r, HW, iyb - mi * esy, ixb - mj * esx, H, W,
+                                pb_ok);
             };
             gemm_mainloop<G>(acc, As, Bs, r_begin, imin(r_begin + r_slice, R), load_tap_major);
         } else {

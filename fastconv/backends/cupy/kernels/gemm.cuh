@@ -254,6 +254,20 @@ __device__ __forceinline__ void conv_load_slice(A (&ra)[AQ], A (&rb)[8],
     }
 }
 
+// The input share of a tap-major load (conv2d_gemm, conv_transpose2d_gemm: a 16-deep slice
+// is 16 channels of one tap): rb[q] = xb[(c + 2q) * HW + iy * W + ix], this thread's
+// column's input position (iy, ix) at the slice's tap, channels c + 2q; 0 where that
+// position lies in the padding or the column outside the problem (!col_ok).
+template <typename A, typename T>
+__device__ __forceinline__ void load_tap_column(A (&rb)[8], const T* __restrict__ xb, int c,
+                                                i64 HW, int iy, int ix, int H, int W,
+                                                bool col_ok) {
+    const bool ok = col_ok && in_range(iy, H) && in_range(ix, W);
+    const T* xr = xb + (ok ? (i64)c * HW + (i64)iy * W + ix : 0);
+#pragma unroll
+    for (int q = 0; q < 8; ++q) rb[q] = ok ? ld(xr + (2 * q) * HW) : A(0);
+}
+
 // The epilogue of an item whose columns are NCHW output pixels p = (n, y, x): out (+ bias),
 // or with splits > 1 the partial sums part[split][n][k][y][x] (no bias; conv_sum_splits
 // adds the slices and the bias).  VEC tiles store each fragment's 4 pixels as one vector
