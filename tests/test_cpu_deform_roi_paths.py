@@ -239,9 +239,12 @@ def _boxes(dtype, n_img, h, w, k, seed, used=None):
     return boxes.astype(dtype)
 
 
-@pytest.fixture(params=["channels_last", "planar"])
+@pytest.fixture(params=["channels_last", "streamed", "planar"])
 def roi_path(request, monkeypatch):
-    monkeypatch.setattr(roi, "_use_channels_last", lambda *a: request.param == "channels_last")
+    """The planar path, or the channels-last one with plain or non-temporal output stores."""
+    monkeypatch.setattr(roi, "_use_channels_last", lambda *a: request.param != "planar")
+    if request.param == "streamed":  # every output streamed, not only those >= 8 MiB
+        monkeypatch.setattr(roi, "_STREAM_MIN_BYTES", 0)
     return request.param
 
 
@@ -315,6 +318,47 @@ def test_roi_no_boxes(dtype, roi_path):
     assert roi.roi_align(x, none, output_size=(2, 2), spatial_scale=1.0, sampling_ratio=-1,
                          aligned=False).shape == (0, 3, 2, 2)
     assert roi.roi_pool(x, none, output_size=(2, 2), spatial_scale=1.0).shape == (0, 3, 2, 2)
+
+
+@numba.njit
+def _stream_copy_into(dst, d_off, src, s_off, n):
+    roi._stream_copy(dst, d_off, src, s_off, n)
+    roi._store_fence()
+
+
+def test_stream_copy_matches_slice_assignment(dtype):
+    # every head / whole-line / tail split: offsets around a cache line, lengths from
+    # shorter than the head to several lines
+    lanes = roi._LINE // np.dtype(dtype).itemsize
+    rng = np.random.default_rng(5)
+    src = rng.standard_normal(8 * lanes).astype(dtype)
+    for d_off in range(lanes + 1):
+        for n in (0, 1, lanes - 1, lanes, lanes + 3, 3 * lanes + 1):
+            s_off = (7 * d_off + n) % lanes  # source misaligned independently
+            dst = np.full(5 * lanes, -1, dtype)
+            _stream_copy_into(dst, d_off, src, s_off, n)
+            want = np.full(5 * lanes, -1, dtype)
+            want[d_off:d_off + n] = src[s_off:s_off + n]
+            np.testing.assert_array_equal(dst, want)
+
+
+@pytest.mark.parametrize("c_in", [32, 70])
+def test_roi_streamed_output_many_channels(dtype, c_in, monkeypatch):
+    # more channels than one staged block (32), with a tail that is not a multiple of 8
+    monkeypatch.setattr(roi, "_use_channels_last", lambda *a: True)
+    monkeypatch.setattr(roi, "_STREAM_MIN_BYTES", 0)
+    x = _rand((2, c_in, 9, 10), dtype, 41)
+    boxes = _boxes(dtype, 2, 9, 10, 17, 42)
+    out = roi.roi_align(x, boxes, output_size=(3, 5), spatial_scale=1.0, sampling_ratio=2,
+                        aligned=True)
+    _check(out, reference.roi_align(x, boxes, (3, 5), 1.0, 2, True), dtype)
+    out = roi.roi_pool(x, boxes, output_size=(3, 5), spatial_scale=1.0)
+    np.testing.assert_array_equal(out, reference.roi_pool(x, boxes, (3, 5), 1.0).astype(dtype))
+
+
+def test_roi_streams_only_large_outputs():
+    assert not roi._streamed(np.empty((8, 256, 7, 7), np.float32))  # 0.4 MB: stays cached
+    assert roi._streamed(np.empty((512, 256, 7, 7), np.float32))  # 25.7 MB
 
 
 def test_roi_path_choice():

@@ -11,6 +11,15 @@ lets LLVM fuse multiply-add into FMA, ``"reassoc"`` lets it vectorise and
 reorder reductions (accumulation order differs from the oracle only by
 rounding), ``"arcp"`` allows reciprocal multiplication instead of division.
 
+**Large arrays are allocated by NumPy in the Python wrappers and passed in**, never
+with ``np.empty`` inside a kernel: NumPy advises transparent huge pages for arrays of
+4 MiB and more, numba's allocator does not, and memory the C library has handed back
+to the system comes back one 4 KiB page fault at a time.  On the development VM
+(2026-11-23) a 25.7 MB roi_align output allocated inside the kernel, right after
+torchvision's call had freed its own, cost 6272 faults and ~75 ms (the call itself
+takes ~5 ms); allocated by NumPy, no fault.  Small per-thread scratch buffers inside
+``prange`` bodies are fine.
+
 ``cache=True`` writes the compiled machine code next to the sources
 (``__pycache__``), so a warm process's first call does not recompile.
 ``boundscheck=False`` is numba's default; spelled out because kernels rely on

@@ -52,11 +52,10 @@ def _tile_pixels(k_total, itemsize, n_pix):
 
 
 @numba.njit(**JIT_OPTIONS)
-def _to_bordered_nhwc(x):
-    """``(N, C, H, W)`` -> zero-bordered channels-last ``(N, (H+2)*(W+2), C)``."""
+def _to_bordered_nhwc(x, xb):
+    """``xb[:] = x`` (``(N, C, H, W)``), zero-bordered channels-last ``(N, (H+2)*(W+2), C)``."""
     n_b, c_in, h, w = x.shape
     pw = w + 2
-    xb = np.empty((n_b, (h + 2) * pw, c_in), x.dtype)
     zero = x.dtype.type(0)
     for job in numba.prange(n_b * (h + 2)):
         n = job // (h + 2)
@@ -77,7 +76,6 @@ def _to_bordered_nhwc(x):
             for xx in range(w):
                 for c in range(c0, c1):
                     xb[n, row + xx + 1, c] = x[n, c, y, xx]
-    return xb
 
 
 def _fma(builder, a, b, c):
@@ -316,16 +314,14 @@ def _gemm_tile(a, b, bias, use_bias, out, n, g, p_start, n_p):
 
 
 @numba.njit(**JIT_OPTIONS)
-def _deform_kernel(xb, offset, mask, use_mask, wt, bias, use_bias, h, w,
+def _deform_kernel(xb, offset, mask, use_mask, wt, bias, use_bias, out, h, w,
                    s_h, s_w, p_h, p_w, d_h, d_w, k_w, offset_groups, out_h, out_w, tile):
     T = xb.dtype.type
     n_b, xb_pix, c_in = xb.shape
     xb_img = xb_pix * c_in
     groups, cog, taps, cg = wt.shape
-    c_out = groups * cog
     cpo = c_in // offset_groups
     n_pix = out_h * out_w
-    out = np.empty((n_b, c_out, n_pix), xb.dtype)
     n_tiles = (n_pix + tile - 1) // tile
     off = offset.reshape((n_b, offset_groups * taps, 2, n_pix))
     if use_mask:
@@ -377,7 +373,6 @@ def _deform_kernel(xb, offset, mask, use_mask, wt, bias, use_bias, h, w,
         b = wt.reshape((groups, cog, taps * cg))
         for g in range(groups):
             _gemm_tile(a, b, bias, use_bias, out, n, g, p_start, n_p)
-    return out
 
 
 def deform_conv2d(x, offset, weight, bias, mask, *, stride, padding, dilation, groups,
@@ -400,14 +395,17 @@ def deform_conv2d(x, offset, weight, bias, mask, *, stride, padding, dilation, g
     wt = np.ascontiguousarray(
         weight.reshape(groups, c_out // groups, cg, taps).transpose(0, 1, 3, 2)
     )
-    xb = _to_bordered_nhwc(x)
+    # NumPy allocates the large arrays, not the kernels (see _config)
+    xb = np.empty((n_b, (h + 2) * (w + 2), c_in), x.dtype)
+    _to_bordered_nhwc(x, xb)
     use_mask = mask is not None
     m = mask if use_mask else np.zeros((1, 1, 1, 1), x.dtype)  # one compiled signature
     use_bias = bias is not None
     b = bias if use_bias else np.zeros(1, x.dtype)
     tile = _tile_pixels(taps * c_in, x.dtype.itemsize, out_h * out_w)
-    out = _deform_kernel(
-        xb, offset, m, use_mask, wt, b, use_bias, h, w,
+    out = np.empty((n_b, c_out, out_h * out_w), x.dtype)
+    _deform_kernel(
+        xb, offset, m, use_mask, wt, b, use_bias, out, h, w,
         stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], k_w,
         offset_groups, out_h, out_w, tile,
     )
