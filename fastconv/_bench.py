@@ -394,20 +394,41 @@ def max_rel_err(out, ref) -> float:
 # ============================================================================== clocks
 
 
+def _minor_faults() -> int | None:
+    """This process's minor page faults so far (None where ``resource`` is missing)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 class HostClock:
-    """Wall time of ``number`` back-to-back calls (CPU contestants)."""
+    """Wall time of ``number`` back-to-back calls (CPU contestants).
+
+    It also counts the minor page faults per call of each sample (``last_faults``):
+    a large output that lands on fresh pages can cost more than the kernel (on the
+    development VM a fault took 1-12 us, a 25.7 MB output 6272 of them), and which
+    contestant gets fresh pages depends on the C library's heap, which the other
+    contestant's allocations change.
+    """
 
     device = False
 
     def __init__(self, sync=lambda: None):
         self.sync = sync
+        self.last_faults = None
 
     def sample(self, fn, number: int = 1) -> float:
+        f0 = _minor_faults()
         t0 = time.perf_counter()
         for _ in range(number):
             fn()
         self.sync()
-        return (time.perf_counter() - t0) / number
+        t = (time.perf_counter() - t0) / number
+        f1 = _minor_faults()
+        self.last_faults = None if f0 is None else (f1 - f0) / number
+        return t
 
 
 class HostEventTimer:
@@ -568,6 +589,7 @@ class Contestant:
     error: str | None = None
     samples: list = field(default_factory=list)  # seconds per call (device time on a GPU)
     host_samples: list = field(default_factory=list)  # GPU only: host wall time per call
+    faults: list = field(default_factory=list)  # CPU only: minor page faults per call
 
     def summary(self) -> dict:
         if self.error is not None:
@@ -583,6 +605,8 @@ class Contestant:
         if self.host_samples:
             out["host_ms"] = statistics.median(self.host_samples) * 1e3
             out["delay_ms"] = self.clock.delay_s * 1e3
+        if self.faults:
+            out["page_faults_per_call"] = statistics.median(self.faults)
         return out
 
 
@@ -626,6 +650,8 @@ def interleave(contestants, repeat: int = 7, warmup: int = 2, min_time: float = 
                     c.samples.append(c.clock.device_sample(c.runner.device_call or c.runner.call))
                 else:
                     c.samples.append(c.clock.sample(c.runner.call, c.number))
+                    if c.clock.last_faults is not None:
+                        c.faults.append(c.clock.last_faults)
             except Exception as exc:  # noqa: BLE001
                 c.error = f"{type(exc).__name__}: {exc}"
                 live.remove(c)
@@ -927,6 +953,8 @@ def _case_entry(case, size, contestants, peer: Contestant | None, target, cost, 
         else:
             entry["peer_ms"] = s["ms"]
             entry["peer_samples_ms"] = s["samples_ms"]
+            if "page_faults_per_call" in s:
+                entry["peer_page_faults_per_call"] = s["page_faults_per_call"]
             if "host_ms" in s:
                 entry["peer_host_ms"] = s["host_ms"]
             entry["peer_roofline"] = roofline(cost["flops"], cost["bytes"], s["ms"] / 1e3,
@@ -1297,6 +1325,7 @@ def render(result, markdown=False) -> str:
                     ])
             parts.append(_table(headers, rows, markdown))
             parts.append(_met_line(block["cases"], markdown))
+            parts.extend(_fault_lines(block["cases"]))
             parts.extend(_error_lines(block["cases"]))
     gpu = result.get("gpu")
     if gpu:
@@ -1426,6 +1455,23 @@ def _error_lines(cases: dict) -> list:
                 out.append(f"error: {name} {b}: {s['error']}")
             elif s.get("mismatch"):
                 out.append(f"MISMATCH: {name} {b}: max rel err {s['max_rel_err']:.2e} vs the peer")
+    return out
+
+
+#: a contestant's median minor page faults per call from which the report names them
+FAULT_NOTE_MIN = 100
+
+
+def _fault_lines(cases: dict) -> list:
+    """Cases whose times include many page faults per call (fresh pages for an output)."""
+    out = []
+    for name, e in cases.items():
+        peer = e.get("peer_page_faults_per_call") or 0
+        ours = {b: s.get("page_faults_per_call") or 0 for b, s in e["fastconv"].items()}
+        if max(peer, *ours.values(), 0) >= FAULT_NOTE_MIN:
+            who = ", ".join([f"peer {peer:.0f}"] + [f"{b} {v:.0f}" for b, v in ours.items()])
+            out.append(f"page faults: {name}: median minor faults per call {who} "
+                       "(fresh memory pages; the times include them)")
     return out
 
 

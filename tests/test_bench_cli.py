@@ -158,6 +158,33 @@ def test_interleaving_order_and_errors():
     assert "error" in c.summary()
 
 
+@pytest.mark.skipif(_bench._minor_faults() is None, reason="no getrusage on this platform")
+def test_host_clock_counts_page_faults_per_call():
+    import mmap
+
+    def fresh_pages():  # 64 pages of a new anonymous mapping, each touched once
+        m = mmap.mmap(-1, 64 * mmap.PAGESIZE)
+        for i in range(0, len(m), mmap.PAGESIZE):
+            m[i] = 1
+        m.close()
+
+    toucher = _bench.Contestant("t", _bench.Runner("x:t", "t", fresh_pages), _bench.HostClock())
+    idle = _bench.Contestant("i", _bench.Runner("x:i", "i", lambda: None), _bench.HostClock())
+    _bench.interleave([toucher, idle], repeat=3, warmup=1)
+    assert toucher.summary()["page_faults_per_call"] >= 64
+    assert idle.summary()["page_faults_per_call"] < 64
+    cases = {"c": {"peer_page_faults_per_call": toucher.summary()["page_faults_per_call"],
+                   "fastconv": {"cpu": {"page_faults_per_call": 0.0}}}}
+    lines = _bench._fault_lines(cases)
+    assert len(lines) == (1 if toucher.summary()["page_faults_per_call"]
+                          >= _bench.FAULT_NOTE_MIN else 0)
+    cases["c"]["peer_page_faults_per_call"] = 6272.0
+    (line,) = _bench._fault_lines(cases)
+    assert "c:" in line and "peer 6272" in line and "cpu 0" in line
+    cases["c"]["peer_page_faults_per_call"] = 3.0
+    assert _bench._fault_lines(cases) == []
+
+
 def test_gpu_path_with_host_events(monkeypatch):
     """run_gpu end to end with perf_counter standing in for CUDA events."""
     real = _bench.make_runner
