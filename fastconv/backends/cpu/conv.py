@@ -486,8 +486,8 @@ def _pack_row(x, xp, base, n, g, r, G, pt, pl, sW, Wq):
 
 
 @numba.njit(**SERIAL_JIT_OPTIONS)
-def _pack_weights(w, transposed, G, KB, nkb, ntap, wtap):
-    """Weights as one sequential stream per (phase p, group g, channel block kb):
+def _pack_weights(w, transposed, G, KB, nkb, ntap, wtap, wp):
+    """Fill ``wp`` with the weights as one sequential stream per (phase p, group g, block kb):
 
     ``wp[wofs_p + (((g*nkb + kb)*Cg + c)*T_p + t)*KB + kk]`` = the weight of output channel
     ``k0 + kk`` (``k0 = min(kb*KB, Kg - KB)``: the last block is shifted back to end at Kg),
@@ -503,10 +503,6 @@ def _pack_weights(w, transposed, G, KB, nkb, ntap, wtap):
         Kg = K // G
     KK = w.shape[2] * w.shape[3]
     P = ntap.shape[0]
-    total = 0
-    for p in range(P):
-        total += G * nkb * Cg * ntap[p] * KB
-    wp = np.empty(max(total, 1), dtype=w.dtype)
     wofs = 0
     for p in range(P):
         T = ntap[p]
@@ -526,7 +522,6 @@ def _pack_weights(w, transposed, G, KB, nkb, ntap, wtap):
                         for t in range(T):
                             _st(wp, base + t * KB, _ld(w, src + wtap[p, t]))
         wofs += G * nkb * Cg * T * KB
-    return wp
 
 
 # --------------------------------------------------------------------------------------
@@ -939,7 +934,9 @@ def _run_rows(x, weight, b, out, *, transposed, G, Cg, Kg, row_phases, col_phase
                      (_SWP, sWp), (_WQ, Wq), (_NS, NS), (_FLAT, 0 if flat is None else flat[0]),
                      (_NKG, NKG)):
         geo[idx] = val
-    wp = _pack_weights(weight, transposed, G, KB, nkb, ptab[:, _NTAP].copy(), wtap)
+    # NumPy allocates the packed weights (MBs for wide layers), not the kernel: see _config
+    wp = np.empty(max(wofs, 1), dtype=weight.dtype)  # wofs: the total, from the loop above
+    _pack_weights(weight, transposed, G, KB, nkb, ptab[:, _NTAP].copy(), wtap, wp)
     _rows_kernel(KB, NV, PW)(x, wp, b, out.reshape(-1), geo, ptab, trow, tcol, rowoffs, nth)
     return out
 
