@@ -362,13 +362,20 @@ def test_roi_streams_only_large_outputs():
 
 
 def test_roi_path_choice():
+    def choose(c, h, w, reads, crossover=roi._ALIGN_CROSSOVER):
+        return roi._use_channels_last(1, c, h, w, reads, 4, crossover)
+
     # many boxes on a small map -> channels-last; one box on a big map -> planar
-    assert roi._use_channels_last(1, 256, 50, 68, 4.0 * 512 * 49 * 4)
-    assert not roi._use_channels_last(1, 256, 200, 300, 4.0 * 1 * 49 * 4)
-    assert not roi._use_channels_last(1, 2, 50, 68, 1e9)  # too few channels to vectorise
-    # a 61 MB copy (fresh pages every call) needs ~2 reads per pixel to pay
-    assert not roi._use_channels_last(1, 256, 200, 300, 1.0 * 200 * 300)
-    assert roi._use_channels_last(1, 256, 200, 300, 3.0 * 200 * 300)
+    assert choose(256, 50, 68, 4.0 * 512 * 49 * 4)
+    assert not choose(256, 200, 300, 4.0 * 1 * 49 * 4)
+    assert not choose(2, 50, 68, 1e9)  # too few channels to vectorise
+    # a 61 MB copy runs at memory bandwidth: for roi_align it pays from ~1.2 reads per pixel
+    assert not choose(256, 200, 300, 1.0 * 200 * 300)
+    assert choose(256, 200, 300, 1.5 * 200 * 300)
+    # roi_pool's planar reads are dearer: the copy pays from ~0.3 reads per pixel
+    assert choose(256, 200, 300, 0.5 * 200 * 300, roi._POOL_CROSSOVER)
+    assert not choose(256, 200, 300, 0.25 * 200 * 300, roi._POOL_CROSSOVER)
+    assert choose(256, 50, 68, 0.4 * 50 * 68, roi._POOL_CROSSOVER)
 
 
 def test_roi_threads_agree(dtype):

@@ -101,20 +101,29 @@ def _boxes_without_image_give_zeros(op):
     return guarded
 
 
-def _use_channels_last(n_used, c, h, w, per_channel_reads, itemsize=4):
+#: reads per map pixel from which the channels-last path pays, for maps up to 32 MiB and
+#: above (measured, 256 channels, 7 x 7 bins, 1 thread, 2026-11-23).  roi_align: 0.5-0.7
+#: for maps of 3.5 and 14 MB, about 1.15 for a 61 MB map, whose copy runs at memory
+#: bandwidth (15 ms, where the planar path costs about 14 ms per read per pixel).
+#: roi_pool's planar path (a scalar max over each bin's pixels, channel by channel) is
+#: dearer per read: 0.25-0.3 on both maps.
+_ALIGN_CROSSOVER = (0.5, 1.2)
+_POOL_CROSSOVER = (0.3, 0.3)
+
+
+def _use_channels_last(n_used, c, h, w, per_channel_reads, itemsize, crossover):
     """True when transposing the used images costs less than the scalar reads it saves.
 
     ``per_channel_reads`` is the number of feature reads per channel summed over
     all boxes.  The planar path does them as scalar loads; the channels-last path
-    pays one transpose of ``n_used*C*H*W`` elements, then reads vectors.  Measured
-    crossovers (256 channels, 1 thread): about 0.5 reads per map pixel for a copy
-    that the allocator recycles, about 2 for copies over 32 MiB, which glibc maps
-    fresh (page faults) on every call.
+    pays one transpose of ``n_used*C*H*W`` elements, then reads vectors.
+    ``crossover`` is the op's ``(small, large)`` pair of reads per map pixel from
+    which that pays, for copies up to 32 MiB and above.
     """
     if c < 4:
         return False
     pixels = n_used * h * w
-    per_pixel = 0.5 if pixels * c * itemsize <= (32 << 20) else 2.0
+    per_pixel = crossover[0] if pixels * c * itemsize <= (32 << 20) else crossover[1]
     return per_channel_reads > per_pixel * pixels
 
 
@@ -612,7 +621,7 @@ def roi_align(x, rois, *, output_size, spatial_scale, sampling_ratio, aligned):
     reads = 4.0 * n_rois * pooled_h * pooled_w * per_bin
     idx, slot = _used_slots(rois, n_b)
     out = np.empty((n_rois, c_in, pooled_h, pooled_w), x.dtype)  # NumPy's: see _config
-    if _use_channels_last(idx.size, c_in, h, w, reads, x.dtype.itemsize):
+    if _use_channels_last(idx.size, c_in, h, w, reads, x.dtype.itemsize, _ALIGN_CROSSOVER):
         _roi_align_nhwc(_channels_last(x, idx), slot, rois, out, _streamed(out), h, w, scale,
                         sr, bool(aligned))
     else:
@@ -759,7 +768,7 @@ def roi_pool(x, rois, *, output_size, spatial_scale):
     reads = float(np.sum(bw * bh))
     idx, slot = _used_slots(rois, n_b)
     out = np.empty((n_rois, c_in, pooled_h, pooled_w), x.dtype)  # NumPy's: see _config
-    if _use_channels_last(idx.size, c_in, h, w, reads, x.dtype.itemsize):
+    if _use_channels_last(idx.size, c_in, h, w, reads, x.dtype.itemsize, _POOL_CROSSOVER):
         _roi_pool_nhwc(_channels_last(x, idx), slot, rois, out, _streamed(out), h, w, scale,
                        _COORD_LIMIT)
     else:
