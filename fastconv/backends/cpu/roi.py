@@ -12,9 +12,11 @@ Two paths per op, chosen by an estimate of the work (:func:`_use_channels_last`)
     bin's sample rows are interpolated vertically into one buffer
     ``vb[x, c] = sum_rows (hy*X[y_low, x, c] + ly*X[y_high, x, c])`` over the
     RoI's column range (long contiguous vectorised loops), then each bin is
-    ``sum_cols (hx*vb[x_low, c] + lx*vb[x_high, c]) / count``.  This reads a
+    ``sum_cols ((hx/count)*vb[x_low, c] + (lx/count)*vb[x_high, c])`` (the division
+    by the sample count folded into the column weights).  This reads a
     feature row segment once per sample row instead of once per sample corner,
-    and sums exactly torchvision's corner products (in another order).
+    and sums torchvision's corner terms factored and in another order (equal up
+    to rounding).
   - roi_pool: per bin row, the column-wise max over the bin's rows across the
     RoI's column range, then per bin the max over its columns.
 
@@ -37,9 +39,10 @@ Two paths per op, chosen by an estimate of the work (:func:`_use_channels_last`)
   precomputed once (torchvision's ``pre_calc``) with
   :func:`._bilinear.bilinear_clamp`, then each channel plane is read in place.
 
-Both follow torchvision's CPU kernels arithmetically (box start/size, bin
-size, sample positions, ``ceil`` adaptive grid, the division by ``count``, C
-rounding of RoIPool corners, all in the input's dtype).  NaN data propagates
+Both follow torchvision's CPU kernels' geometry exactly (box start/size, bin
+size, sample positions, ``ceil`` adaptive grid, C rounding of RoIPool corners,
+all in the input's dtype and operation order); roi_align's sums and its
+division by ``count`` agree with torchvision's up to rounding.  NaN data propagates
 like torchvision: a roi_align sample inside the image reads all four corners
 (a NaN corner gives NaN even at weight 0); a sample outside contributes
 exactly 0 (torchvision's CPU kernel multiplies pixel (0, 0) by 0 there, its
@@ -494,8 +497,8 @@ def _roi_align_nhwc(xt, slot, rois, out, stream, h, w, spatial_scale, sampling_r
                 x_idx[k, 0] = 1 if ok else 0
                 x_idx[k, 1] = lo
                 x_idx[k, 2] = hi
-                x_wt[k, 0] = hx
-                x_wt[k, 1] = lx
+                x_wt[k, 0] = hx * inv_count  # 1/count folded in: no pass over the bins
+                x_wt[k, 1] = lx * inv_count
                 if ok:
                     x_min = min(x_min, lo)
                     x_max = max(x_max, hi)
@@ -538,9 +541,6 @@ def _roi_align_nhwc(xt, slot, rois, out, stream, h, w, spatial_scale, sampling_r
                 if n_s == 0:
                     for c in range(c_in):
                         acc[c] = T(0)
-                else:
-                    for c in range(c_in):
-                        acc[c] *= inv_count
         _store_bins(ob, out, r, stream)
         if stream:
             _store_fence()
