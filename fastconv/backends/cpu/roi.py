@@ -379,10 +379,15 @@ def _store_fence(typingctx):
     return types.void(), codegen
 
 
-#: roi outputs of at least this size are written with non-temporal stores (measured on
-#: the development VM, 2026-11-23: writing a 25.7 MB array whose lines have left the
-#: caches took 2.8-3.0 ms with plain stores, 1.1-1.2 ms streamed; with the lines still
-#: cached, 0.94 against 1.05 ms).  Smaller outputs are likely still cached when read.
+#: roi outputs of at least this size are written with non-temporal stores.  Measured on
+#: the development VM, 2026-11-23, writing 25.7 MB: lines that have left the caches, 2.8-3.0
+#: ms with plain stores, 1.1-1.2 streamed; lines we streamed before, 0.94 against 1.05;
+#: lines still dirty in the caches (memory another call has just written and freed), 0.87
+#: against 1.7-1.9, since each must be written back first.  Which case a new output meets
+#: depends on the allocator: interleaved with torchvision (three bench runs each, 1 thread)
+#: streaming took roi_pool_fpn 8.1-8.4 -> 5.7-5.9 ms and roi_align_fpn 6.6-8.2 -> 6.7-7.2,
+#: but roi_align_mask 5.0-6.5 -> 6.1-7.0, its output landing on torchvision's freed one.
+#: Outputs under 8 MiB are likely still cached when read, so they are never streamed.
 _STREAM_MIN_BYTES = 8 << 20
 
 
