@@ -35,9 +35,11 @@ Two paths per op, chosen by an estimate of the work (:func:`_use_channels_last`)
   the vectorised loops.)
 
 * **planar** (few RoIs on a large map, where the transpose would dominate):
-  ``prange`` over RoIs; per RoI the samples' corner indices and weights are
-  precomputed once (torchvision's ``pre_calc``) with
-  :func:`._bilinear.bilinear_clamp`, then each channel plane is read in place.
+  ``prange`` over RoIs, each channel plane read in place.  roi_align
+  precomputes per RoI the samples' corner indices and weights once
+  (torchvision's ``pre_calc``) with :func:`._bilinear.bilinear_clamp`;
+  roi_pool runs the same separable max as its channels-last path, along the
+  plane's rows.
 
 Both follow torchvision's CPU kernels' geometry exactly (box start/size, bin
 size, sample positions, ``ceil`` adaptive grid, C rounding of RoIPool corners,
@@ -720,6 +722,9 @@ def _roi_pool_nhwc(xt, slot, rois, out, stream, h, w, spatial_scale, limit):
 
 @numba.njit(**JIT_OPTIONS)
 def _roi_pool_planar(x, rois, out, spatial_scale, limit):
+    # per channel plane, the same separable max as _roi_pool_nhwc: per bin row, the
+    # column-wise max over its rows across the RoI's columns (contiguous loops along W),
+    # then per bin the max over its columns
     T = x.dtype.type
     _, c_in, h, w = x.shape
     n_rois, _, pooled_h, pooled_w = out.shape
@@ -735,19 +740,39 @@ def _roi_pool_planar(x, rois, out, spatial_scale, limit):
         we = np.empty(pooled_w, np.int64)
         for ph in range(pooled_h):
             hs[ph], he[ph] = _bin_range(T(ph), T(ph + 1), bin_h, start_h, h)
+        x_min = w
+        x_max = 0  # exclusive
         for pw in range(pooled_w):
             ws[pw], we[pw] = _bin_range(T(pw), T(pw + 1), bin_w, start_w, w)
+            if we[pw] > ws[pw]:
+                x_min = min(x_min, ws[pw])
+                x_max = max(x_max, we[pw])
+        seg = max(x_max - x_min, 0)
+        vm = np.empty(max(seg, 1), x.dtype)
         for c in range(c_in):
+            plane = x[b, c]
             for ph in range(pooled_h):
+                if he[ph] <= hs[ph] or seg == 0:
+                    for pw in range(pooled_w):
+                        out[r, c, ph, pw] = T(0)
+                    continue
+                row = plane[hs[ph], x_min:x_max]
+                for k in range(seg):
+                    v = row[k]
+                    vm[k] = v if v > lowest else lowest  # torchvision's -FLT_MAX start
+                for yy in range(hs[ph] + 1, he[ph]):
+                    row = plane[yy, x_min:x_max]
+                    for k in range(seg):
+                        v = row[k]
+                        vm[k] = v if v > vm[k] else vm[k]
                 for pw in range(pooled_w):
-                    if he[ph] <= hs[ph] or we[pw] <= ws[pw]:
+                    if we[pw] <= ws[pw]:
                         out[r, c, ph, pw] = T(0)
                         continue
-                    m = lowest
-                    for yy in range(hs[ph], he[ph]):
-                        for xx in range(ws[pw], we[pw]):
-                            v = x[b, c, yy, xx]
-                            m = v if v > m else m
+                    m = vm[ws[pw] - x_min]
+                    for xx in range(ws[pw] + 1, we[pw]):
+                        v = vm[xx - x_min]
+                        m = v if v > m else m
                     out[r, c, ph, pw] = m
 
 
