@@ -52,6 +52,11 @@ import numpy as np
 
 from . import __version__, _cases
 
+try:
+    import resource  # page-fault counts (POSIX only)
+except ImportError:  # Windows
+    resource = None
+
 GPU_BACKENDS = ("cupy", "numba_cuda")
 HOST_BACKENDS = ("cpu", "reference")
 
@@ -396,9 +401,7 @@ def max_rel_err(out, ref) -> float:
 
 def _minor_faults() -> int | None:
     """This process's minor page faults so far (None where ``resource`` is missing)."""
-    try:
-        import resource
-    except ImportError:  # Windows
+    if resource is None:
         return None
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 

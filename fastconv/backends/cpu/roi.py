@@ -313,6 +313,9 @@ def _axpby(typingctx, dst, d_off, src, oa, ob, n, wa, wb, accumulate):
     return sig, _axpby_codegen
 
 
+_LINE = 64  # bytes per cache line (x86-64; on other machines only a vector width)
+
+
 def _stream_copy_codegen(context, builder, sig, args):
     dst_ty, _, src_ty = sig.args[:3]
     dst = context.make_array(dst_ty)(context, builder, args[0])
@@ -348,9 +351,6 @@ def _stream_copy_codegen(context, builder, sig, args):
     done = builder.add(head, builder.mul(n_lines, ir.Constant(i64, lanes)))
     copy_scalars(done, builder.sub(n, done))
     return context.get_dummy_value()
-
-
-_LINE = 64  # bytes per cache line (x86-64; on other machines only a vector width)
 
 
 @intrinsic
@@ -393,7 +393,6 @@ def _store_fence(typingctx):
 _STREAM_MIN_BYTES = 8 << 20
 
 
-
 def _streamed(out):
     """Whether the channels-last kernels write ``out`` with non-temporal stores."""
     return out.nbytes >= _STREAM_MIN_BYTES
@@ -426,7 +425,7 @@ def _store_bins(ob, out, r, stream):
     """``out[r, c, ph, pw] = ob[ph*pooled_w + pw, c]`` (a transpose).
 
     With ``stream``, ``_STAGE_CHANNELS`` channels at a time are transposed into a
-    small buffer and streamed to ``out`` (:func:`_stream_copy`); the caller fences.
+    small buffer and streamed to ``out`` (:func:`_stream_copy`), then fenced.
     """
     nb = ob.shape[0]
     c_in = out.shape[1]
@@ -440,6 +439,7 @@ def _store_bins(ob, out, r, stream):
         cb = min(_STAGE_CHANNELS, c_in - c0)
         _transpose_bins(ob, c0, cb, stage, 0)
         _stream_copy(flat, (r * c_in + c0) * nb, staged, 0, cb * nb)
+    _store_fence()
 
 
 @numba.njit(**JIT_OPTIONS)
@@ -549,8 +549,6 @@ def _roi_align_nhwc(xt, slot, rois, out, stream, h, w, spatial_scale, sampling_r
                     for c in range(c_in):
                         acc[c] = T(0)
         _store_bins(ob, out, r, stream)
-        if stream:
-            _store_fence()
 
 
 @numba.njit(**JIT_OPTIONS)
@@ -661,6 +659,36 @@ def _bin_range(p, p1, bin_size, start, size):
     return min(max(lo, 0), size), min(max(hi, 0), size)
 
 
+@numba.njit(**EXACT_JIT_OPTIONS)
+def _pool_columns(start_w, bin_w, pooled_w, w, T):
+    """Each bin column's ``[ws, we)`` and the RoI's column range ``[x_min, x_max)``
+    over its non-empty bins (``x_max <= x_min`` when all are empty)."""
+    ws = np.empty(pooled_w, np.int64)
+    we = np.empty(pooled_w, np.int64)
+    x_min = w
+    x_max = 0
+    for pw in range(pooled_w):
+        ws[pw], we[pw] = _bin_range(T(pw), T(pw + 1), bin_w, start_w, w)
+        if we[pw] > ws[pw]:
+            x_min = min(x_min, ws[pw])
+            x_max = max(x_max, we[pw])
+    return ws, we, x_min, x_max
+
+
+@numba.njit(inline="always", **SERIAL_JIT_OPTIONS)
+def _row_max(vm, row, first, lowest):
+    """``vm = max(vm, row)`` elementwise with torchvision's ``v > max`` rule (NaN never
+    wins); ``first`` starts from ``lowest`` (-FLT_MAX) instead of ``vm``."""
+    if first:
+        for k in range(row.shape[0]):
+            v = row[k]
+            vm[k] = v if v > lowest else lowest
+    else:
+        for k in range(row.shape[0]):
+            v = row[k]
+            vm[k] = v if v > vm[k] else vm[k]
+
+
 @numba.njit(**JIT_OPTIONS)
 def _roi_pool_nhwc(xt, slot, rois, out, stream, h, w, spatial_scale, limit):
     T = xt.dtype.type
@@ -672,15 +700,7 @@ def _roi_pool_nhwc(xt, slot, rois, out, stream, h, w, spatial_scale, limit):
         s = slot[int(roi[0])]
         start_h, start_w, bin_h, bin_w = _pool_geometry(
             roi, scale, pooled_h, pooled_w, limit, T)
-        ws = np.empty(pooled_w, np.int64)
-        we = np.empty(pooled_w, np.int64)
-        x_min = w
-        x_max = 0  # exclusive
-        for pw in range(pooled_w):
-            ws[pw], we[pw] = _bin_range(T(pw), T(pw + 1), bin_w, start_w, w)
-            if we[pw] > ws[pw]:
-                x_min = min(x_min, ws[pw])
-                x_max = max(x_max, we[pw])
+        ws, we, x_min, x_max = _pool_columns(start_w, bin_w, pooled_w, w, T)
         seg = max(x_max - x_min, 0) * c_in
         vm = np.empty(max(seg, 1), xt.dtype)
         ob = np.empty((pooled_h * pooled_w, c_in), xt.dtype)  # bins, channels-last
@@ -688,17 +708,9 @@ def _roi_pool_nhwc(xt, slot, rois, out, stream, h, w, spatial_scale, limit):
             hs, he = _bin_range(T(ph), T(ph + 1), bin_h, start_h, h)
             if he > hs and seg > 0:
                 # vertical pass: column-wise max over the bin row's rows
-                a = (hs * w + x_min) * c_in
-                row = xt[s, a:a + seg]
-                for k in range(seg):
-                    v = row[k]
-                    vm[k] = v if v > lowest else lowest
-                for yy in range(hs + 1, he):
+                for yy in range(hs, he):
                     a = (yy * w + x_min) * c_in
-                    row = xt[s, a:a + seg]
-                    for k in range(seg):
-                        v = row[k]
-                        vm[k] = v if v > vm[k] else vm[k]
+                    _row_max(vm, xt[s, a:a + seg], yy == hs, lowest)
             for pw in range(pooled_w):
                 acc = ob[ph * pooled_w + pw]
                 if he <= hs or we[pw] <= ws[pw]:
@@ -716,8 +728,6 @@ def _roi_pool_nhwc(xt, slot, rois, out, stream, h, w, spatial_scale, limit):
                         v = col[c]
                         acc[c] = v if v > acc[c] else acc[c]
         _store_bins(ob, out, r, stream)
-        if stream:
-            _store_fence()
 
 
 @numba.njit(**JIT_OPTIONS)
@@ -736,17 +746,9 @@ def _roi_pool_planar(x, rois, out, spatial_scale, limit):
         start_h, start_w, bin_h, bin_w = _pool_geometry(roi, scale, pooled_h, pooled_w, limit, T)
         hs = np.empty(pooled_h, np.int64)
         he = np.empty(pooled_h, np.int64)
-        ws = np.empty(pooled_w, np.int64)
-        we = np.empty(pooled_w, np.int64)
         for ph in range(pooled_h):
             hs[ph], he[ph] = _bin_range(T(ph), T(ph + 1), bin_h, start_h, h)
-        x_min = w
-        x_max = 0  # exclusive
-        for pw in range(pooled_w):
-            ws[pw], we[pw] = _bin_range(T(pw), T(pw + 1), bin_w, start_w, w)
-            if we[pw] > ws[pw]:
-                x_min = min(x_min, ws[pw])
-                x_max = max(x_max, we[pw])
+        ws, we, x_min, x_max = _pool_columns(start_w, bin_w, pooled_w, w, T)
         seg = max(x_max - x_min, 0)
         vm = np.empty(max(seg, 1), x.dtype)
         for c in range(c_in):
@@ -756,15 +758,8 @@ def _roi_pool_planar(x, rois, out, spatial_scale, limit):
                     for pw in range(pooled_w):
                         out[r, c, ph, pw] = T(0)
                     continue
-                row = plane[hs[ph], x_min:x_max]
-                for k in range(seg):
-                    v = row[k]
-                    vm[k] = v if v > lowest else lowest  # torchvision's -FLT_MAX start
-                for yy in range(hs[ph] + 1, he[ph]):
-                    row = plane[yy, x_min:x_max]
-                    for k in range(seg):
-                        v = row[k]
-                        vm[k] = v if v > vm[k] else vm[k]
+                for yy in range(hs[ph], he[ph]):
+                    _row_max(vm, plane[yy, x_min:x_max], yy == hs[ph], lowest)
                 for pw in range(pooled_w):
                     if we[pw] <= ws[pw]:
                         out[r, c, ph, pw] = T(0)
