@@ -366,5 +366,5 @@ def check_rois(rois_host: np.ndarray, batch: int) -> None:
         bad = int(np.flatnonzero(~ok)[0])
         raise ValueError(
             f"boxes batch index must be an integer in [0, {batch}), row {bad} has "
-            f"{rois_host[bad, 0]!r}"
+            f"{rois_host[bad, 0].item()!r}"
         )

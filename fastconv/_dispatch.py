@@ -21,6 +21,7 @@ import numpy as np
 
 from . import _args
 from ._errors import BackendUnavailableError
+from .backends import _host
 
 #: backend name -> (module, runs on GPU arrays?, accepts float16?)
 BACKENDS = {
@@ -214,7 +215,7 @@ def native_like(module, device: int | None, obj, label: str, owner: str = "input
             f"{label} must live where {owner} lives"
         )
     if kind == "numpy":
-        return np.asarray(obj)
+        return _host.as_native(obj)
     native = module.as_native(obj)
     if module.device_id(native) != device:
         raise ValueError(

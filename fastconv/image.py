@@ -38,6 +38,7 @@ import numbers
 import numpy as np
 
 from . import _args, _dispatch
+from .backends import _host
 
 __all__ = [
     "atrous_wavelet",
@@ -156,7 +157,7 @@ class _Engine:
         self.is_reference = self.name == "reference"
         if self.is_reference:
             self.module = None
-            native = np.asarray(image)
+            native = _host.as_native(image)
         else:
             self.module = _dispatch.get_backend(self.name)
             self.kernels = importlib.import_module(f"{self.module.__name__}.resample")
@@ -590,7 +591,7 @@ def correlate(image, kernel, dilation=1, mode="reflect", cval=0.0, channel_axis=
     cval = _real(cval, "cval")
     eng = _Engine(image, backend, channel_axis, preserve_range)
     k = eng.host(eng.native(kernel, "kernel")) if _dispatch.array_kind(kernel) != "numpy" \
-        else np.asarray(kernel)
+        else _host.as_native(kernel)
     if k.ndim != 2 or k.size == 0:
         raise ValueError(f"kernel must be a non-empty 2-D array (kH, kW), got shape {k.shape}")
     if k.dtype.kind not in "biuf":

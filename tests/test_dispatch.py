@@ -148,3 +148,66 @@ def test_bad_list_boxes_found_on_the_device_are_worded_by_the_host_path():
     with pytest.raises(ValueError, match="boxes must be finite, row 1"):
         _dispatch.prepare_boxes(call, [_OnDevice(b) for b in per_image], 2, True)
     assert module.ran[:2] == ["stack", "check"] and "to_host" in module.ran
+
+
+def _swapped(a):
+    """``a`` in the other byte order (same values), as read from a big-endian file."""
+    return a.astype(a.dtype.newbyteorder("S"))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_non_native_byte_order_gives_the_native_result(backend, dtype):
+    rng = np.random.default_rng(2)
+
+    def draw(*shape):
+        return rng.standard_normal(shape).astype(dtype)
+
+    x, w, b = draw(2, 4, 9, 10), draw(6, 2, 3, 3), draw(6)
+    wt = draw(4, 3, 4, 4)
+    offset, mask = draw(2, 18, 9, 10), rng.uniform(size=(2, 9, 9, 10)).astype(dtype)
+    wd = draw(5, 4, 3, 3)
+    boxes = np.array([[0, 1.0, 2.0, 7.5, 8.0], [1, 0.5, 0.0, 9.0, 4.0]], dtype)
+    calls = [
+        (fastconv.conv2d, (x, w, b), dict(padding=2, dilation=2, groups=2)),
+        (fastconv.conv_transpose2d, (x, wt, None), dict(stride=2, padding=1, groups=2)),
+        (fastconv.deform_conv2d, (x, offset, wd), dict(padding=1, mask=mask)),
+        (fastconv.roi_align, (x, boxes), dict(output_size=3, sampling_ratio=2, aligned=True)),
+        (fastconv.roi_pool, (x, boxes), dict(output_size=3)),
+    ]
+    for fn, arrays, params in calls:
+        swapped = [None if a is None else _swapped(a) for a in arrays]
+        params_swapped = {k: _swapped(v) if isinstance(v, np.ndarray) else v
+                          for k, v in params.items()}
+        assert not swapped[0].dtype.isnative
+        before = [None if a is None else a.copy() for a in swapped]
+        out = fn(*swapped, **params_swapped, backend=backend)
+        want = fn(*arrays, **params, backend=backend)
+        assert out.dtype == np.dtype(dtype), fn.__name__
+        np.testing.assert_array_equal(out, want, err_msg=fn.__name__)
+        for a, a0 in zip(swapped, before, strict=True):
+            if a is not None:
+                assert a.dtype == a0.dtype, f"{fn.__name__} changed an input's dtype"
+                np.testing.assert_array_equal(a, a0, err_msg=f"{fn.__name__} wrote an input")
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_image_toolkit_takes_non_native_byte_order(backend):
+    from fastconv import image
+
+    rng = np.random.default_rng(3)
+    img = (rng.uniform(size=(20, 24)) * 1000).astype(np.int16)
+    flow = rng.standard_normal((2, 20, 24))
+    for native in (img, img.astype(np.float32)):
+        swapped = _swapped(native)
+        for got, want in (
+            (list(image.pyramid_gaussian(swapped, max_layer=2, backend=backend)),
+             list(image.pyramid_gaussian(native, max_layer=2, backend=backend))),
+            ([image.correlate(swapped, _swapped(np.ones((3, 3))), dilation=2, backend=backend)],
+             [image.correlate(native, np.ones((3, 3)), dilation=2, backend=backend)]),
+            ([image.warp_by_flow(swapped, _swapped(flow), backend=backend)],
+             [image.warp_by_flow(native, flow, backend=backend)]),
+        ):
+            for g, w in zip(got, want, strict=True):
+                assert g.dtype == w.dtype and g.dtype.isnative
+                np.testing.assert_array_equal(g, w)

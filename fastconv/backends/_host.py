@@ -10,7 +10,16 @@ def check_available():
 
 
 def as_native(obj):
-    return np.asarray(obj)
+    """``obj`` as a numpy array in the machine's byte order: a copy only when it is not.
+
+    numba types only native-order arrays, and data read from files (FITS images,
+    ``np.dtype(">f4")`` buffers) is often big-endian; NumPy and SciPy accept it, so
+    the host backends do too (the result has the native dtype).
+    """
+    a = np.asarray(obj)
+    if not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))
+    return a
 
 
 def ascontiguous(a):
