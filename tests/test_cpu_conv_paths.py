@@ -298,6 +298,48 @@ def test_nan_propagates_to_its_receptive_field(dtype, hooks, groups, flat):
     np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
 
 
+@pytest.mark.parametrize("shape", [
+    # (C, H, W, K, kh, kw, stride, padding, dilation): dilated rates whose top and bottom
+    # output rows have one or two kernel rows in the padding (ASPP), strided, asymmetric
+    (8, 9, 19, 12, 3, 3, (1, 1), (6, 6), (6, 6)),
+    (8, 9, 19, 12, 3, 3, (1, 1), (9, 2), (9, 1)),
+    (5, 11, 17, 7, 5, 3, (2, 1), (5, 1), (2, 3)),
+    (3, 4, 20, 6, 3, 3, (1, 1), (12, 1), (5, 1)),  # rows whose every tap is padding
+])
+def test_padding_row_taps_skipped_exactly(dtype, hooks, shape):
+    """Dropping the taps on zero-padding rows changes no bit of the result."""
+    C, H, W, K, kh, kw, stride, padding, dilation = shape
+    hooks(_FORCE_FLAT=0)
+    outs = []
+    for skip in (True, False):
+        hooks(_SKIP_PADDING=skip)
+        outs.append(run_conv(dtype, 2, C, H, W, K, 1, kh, kw, stride, padding, dilation))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    outs = []
+    for skip in (True, False):
+        hooks(_SKIP_PADDING=skip)
+        # the largest padding up to padding[0] that leaves conv_transpose2d an output
+        pt = [min(padding[0], ((n - 1) * s + d * (k - 1)) // 2)
+              for n, s, d, k in zip((H, W), stride, dilation, (kh, kw), strict=True)]
+        outs.append(run_convt(dtype, 1, C, H, W, K, 1, kh, kw, stride, tuple(pt),
+                              dilation=dilation))
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_non_finite_weight_on_padding_rows_gives_nan_like_the_oracle(dtype, bad):
+    """inf * zero padding is NaN in the oracle: no padding tap is skipped then."""
+    x = _rand((1, 3, 8, 21), dtype, 0)
+    w = _rand((4, 3, 3, 3), dtype, 1)
+    w[2, 1, 0, 1] = bad  # top kernel row: reads the padding for the first output rows
+    out = cpu_conv.conv2d(x, w, None, stride=(1, 1), padding=(4, 4), dilation=(4, 4),
+                          groups=1, out_hw=(8, 21))
+    ref = reference.conv2d(x, w, None, 1, 4, 4, 1)
+    assert np.isnan(ref[0, 2, :4]).all()
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+    np.testing.assert_array_equal(np.isinf(out), np.isinf(ref))
+
+
 def test_inf_input_gives_inf_not_nan():
     x = np.ones((1, 1, 4, 20), np.float32)
     x[0, 0, 2, 5] = np.inf
