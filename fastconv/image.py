@@ -591,7 +591,7 @@ def correlate(image, kernel, dilation=1, mode="reflect", cval=0.0, channel_axis=
     cval = _real(cval, "cval")
     eng = _Engine(image, backend, channel_axis, preserve_range)
     k = eng.host(eng.native(kernel, "kernel")) if _dispatch.array_kind(kernel) != "numpy" \
-        else _host.as_native(kernel)
+        else np.asarray(kernel)
     if k.ndim != 2 or k.size == 0:
         raise ValueError(f"kernel must be a non-empty 2-D array (kH, kW), got shape {k.shape}")
     if k.dtype.kind not in "biuf":
