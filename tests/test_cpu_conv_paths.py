@@ -326,6 +326,84 @@ def test_padding_row_taps_skipped_exactly(dtype, hooks, shape):
     np.testing.assert_array_equal(outs[0], outs[1])
 
 
+# ------------------------------------------------------------ channel-vectorised tile
+
+
+@pytest.mark.parametrize("shape", [
+    # (N, C, H, W, K, groups, kh, kw, stride, padding, dilation); K >= 16 lanes
+    (1, 6, 13, 33, 32, 1, 3, 3, (1, 1), (6, 6), (6, 6)),  # ASPP-like, shifted last pixel tile
+    (2, 5, 9, 23, 40, 1, 3, 3, (1, 1), (2, 2), (2, 2)),  # K not a multiple of a channel block
+    (1, 4, 11, 19, 48, 1, 3, 2, (2, 3), (1, 0), (1, 2)),  # strided: packed column phases
+    (2, 8, 7, 17, 64, 2, 3, 3, (1, 1), (1, 1), (1, 1)),  # groups, 32 channels each
+    (1, 3, 6, 40, 16, 1, 1, 1, (1, 1), (0, 0), (1, 1)),  # 1x1, one vector of channels (f32)
+    (1, 2, 5, 3, 24, 1, 3, 3, (1, 1), (1, 1), (1, 1)),  # rows narrower than a pixel tile
+])
+@pytest.mark.parametrize("rows", [None, 1, 4, 100])
+def test_channel_vectorised_tile(dtype, hooks, shape, rows):
+    """Pixels x output-channel vectors, several output rows per work item."""
+    N, C, H, W, K, groups, kh, kw, stride, padding, dilation = shape
+    hooks(_FORCE_CV=True, _FORCE_CV_ROWS=rows)
+    run_conv(dtype, N, C, H, W, K, groups, kh, kw, stride, padding, dilation)
+
+
+@pytest.mark.parametrize("kp,nv", [(1, 1), (5, 2), (7, 3), (6, 4), (16, 1)])
+def test_channel_vectorised_forced_tiles(dtype, hooks, kp, nv):
+    # 52 channels: the last channel block is shifted back (overlaps the one before)
+    hooks(_FORCE_CV=True, _FORCE_TILE=(kp, nv))
+    run_conv(dtype, 2, 5, 11, 37, 52, 1, 3, 2, padding=(1, 0), dilation=(2, 3))
+
+
+@pytest.mark.parametrize("ring", [1, 40])
+@pytest.mark.parametrize("l1_bytes", [1, 10**9])
+def test_channel_vectorised_ring_and_reduction_blocks(dtype, hooks, ring, l1_bytes):
+    hooks(_FORCE_CV=True, _FORCE_CV_ROWS=3, _FORCE_RING=ring, _CV_BLOCK_BYTES=l1_bytes)
+    run_conv(dtype, 2, 7, 12, 21, 24, 1, 3, 3, stride=(2, 1), padding=(3, 3), dilation=(3, 3))
+
+
+def test_channel_vectorised_padding_skip_is_exact(dtype, hooks):
+    hooks(_FORCE_CV=True, _FORCE_CV_ROWS=5)
+    outs = []
+    for skip in (True, False):
+        hooks(_SKIP_PADDING=skip)
+        outs.append(run_conv(dtype, 1, 6, 13, 35, 32, 1, 3, 3, padding=(6, 6), dilation=(6, 6)))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    x = _rand((1, 3, 8, 21), dtype, 0)
+    w = _rand((16, 3, 3, 3), dtype, 1)
+    w[2, 1, 0, 1] = np.inf  # top kernel row: inf * zero padding is NaN for the first rows
+    out = cpu_conv.conv2d(x, w, None, stride=(1, 1), padding=(4, 4), dilation=(4, 4),
+                          groups=1, out_hw=(8, 21))
+    ref = reference.conv2d(x, w, None, 1, 4, 4, 1)
+    assert np.isnan(ref[0, 2, :4]).all()
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+
+
+def test_channel_vectorised_tile_chosen_where_row_lanes_are_wasted(monkeypatch):
+    """An ASPP branch on rows of 2L+1 columns (33 of 48 lanes of the row tile on AVX-512;
+    the flat layout would compute 45 columns for 33): the channel-vectorised tile is
+    chosen; a width of 4L keeps the row tile."""
+    lanes = cpu_conv.VEC_BYTES // 4
+    seen = []
+    run_rows = cpu_conv._run_rows
+
+    def spy(*args, **kw):
+        seen.append(kw.get("cv", False))
+        return run_rows(*args, **kw)
+
+    monkeypatch.setattr(cpu_conv, "_run_rows", spy)
+    for width, cv in ((2 * lanes + 1, True), (4 * lanes, False)):
+        seen.clear()
+        run_conv(np.dtype(np.float32), 1, 8, 2 * lanes + 1, width, 16 * lanes, 1, 3, 3,
+                 padding=(6, 6), dilation=(6, 6))
+        assert seen == [cv], (width, seen)
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 1000])
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_packed_weights_are_cache_line_aligned(n, dt):
+    a = cpu_conv._aligned_empty(n, dt)
+    assert a.shape == (n,) and a.dtype == dt and a.ctypes.data % 64 == 0
+
+
 @pytest.mark.parametrize("bad", [np.inf, np.nan])
 def test_non_finite_weight_on_padding_rows_gives_nan_like_the_oracle(dtype, bad):
     """inf * zero padding is NaN in the oracle: no padding tap is skipped then."""
@@ -387,6 +465,13 @@ for dt, tol in ((np.float32, 1e-4), (np.float64, 1e-10)):
     out = c.conv2d(x, wd, None, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=6,
                    out_hw=(11, 37))
     ref = reference.conv2d(x, wd, None, 1, 1, 1, 6)
+    assert np.abs(out - ref).max() <= tol * max(1, np.abs(ref).max())
+    c._FORCE_CV = True  # the channel-vectorised tile: 16 channels = 2 / 4 AVX2 vectors
+    w16 = rng.standard_normal((16, 6, 3, 3)).astype(dt)
+    out = c.conv2d(x, w16, None, stride=(1, 1), padding=(2, 2), dilation=(2, 2), groups=1,
+                   out_hw=(11, 37))
+    c._FORCE_CV = None
+    ref = reference.conv2d(x, w16, None, 1, 2, 2, 1)
     assert np.abs(out - ref).max() <= tol * max(1, np.abs(ref).max())
 print("ok")
 """

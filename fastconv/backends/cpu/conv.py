@@ -32,6 +32,13 @@ packed channel-major at width ``Wo + dW*(kW-1)``, so output pixel ``f = y*Wq + x
 ``(i, j)`` read ``f + i*dH*Wq + j*dW`` -- tiles run across row ends and only the
 ``dW*(kW-1)`` pad columns per row are wasted.
 
+channel-vectorised tile (same kernel, ``_choose_cv``; conv2d): the tile's roles swapped --
+``KB`` consecutive output pixels x ``NV`` vectors of output channels, updated by ``NV``
+(aligned) weight-vector loads and ``KB`` input broadcasts, so no lane is spent past a row
+end; a work item covers several output rows (~512 pixels) so each block of weights is
+streamed once per item.  Chosen where the row tile wastes lanes and the flat layout does not
+fit or pads too much: DeepLabv3's 33x33 ASPP branches (33 of 48 lanes), 65x65 maps.
+
 conv_transpose2d is decomposed by output phase ``(y mod sH, x mod sW)``: each phase is an
 ordinary stride-1 correlation of the input with the taps that land on it (4 of 256 taps
 for a 16x16 kernel at stride 8), so nothing is spent on inserted zeros and there is no
@@ -538,6 +545,30 @@ def _pack_weights(w, transposed, G, KB, nkb, ntap, wtap, wp):
 # --------------------------------------------------------------------------------------
 
 @numba.njit(**SERIAL_JIT_OPTIONS)
+def _tile_reduce(proto, first, buf, bofs, bstride, xbuf, x0, RL, itap, tb0, wp, wc, T, WB,
+                 c0, c1, t0, t1, channel_vectors):
+    """One register tile's share of the reduction, ``buf[bofs:]`` (rows ``bstride`` apart;
+    zero first when ``first``) += the sum over channels ``c0 <= c < c1`` and taps
+    ``t0 <= t < t1`` of input ``xbuf[x0 + c*RL + itap[tb0 + t] ...]`` times weights
+    ``wp[wc + (c*T + t)*WB ...]``.  The row tile vectorises the input (consecutive output
+    pixels) and broadcasts the weights; with ``channel_vectors`` (a constant at every call)
+    the weights are the vectors (``WB`` output channels) and the input is broadcast."""
+    if first:
+        acc = tile_zero_like(proto)
+    else:
+        acc = tile_load(proto, buf, bofs, bstride)
+    for c in range(c0, c1):
+        xc = x0 + c * RL
+        wo = wc + c * T * WB
+        for t in range(t0, t1):
+            if channel_vectors:
+                acc = tile_fma(acc, wp, wo + t * WB, xbuf, xc + itap[tb0 + t], 1)
+            else:
+                acc = tile_fma(acc, xbuf, xc + itap[tb0 + t], wp, wo + t * WB, 1)
+    tile_store(acc, buf, bofs, bstride)
+
+
+@numba.njit(**SERIAL_JIT_OPTIONS)
 def _phase_tiles(proto, xbuf, wp, buf, pb, itap, tb0, T, t0, t1, wg, Cg, CB, kb0, kb1, nxb,
                  Wt, RL):
     """One output phase of one work item: for channel blocks ``kb0 <= kb < kb1``, every
@@ -554,17 +585,40 @@ def _phase_tiles(proto, xbuf, wp, buf, pb, itap, tb0, T, t0, t1, wg, Cg, CB, kb0
             wk = wg + kb * Cg * T * KB
             for xb in range(nxb):
                 x0 = xb * TW
-                bofs = pb + kb * KB * Wt + x0
-                if c0 == 0:
-                    acc = tile_zero_like(proto)
-                else:
-                    acc = tile_load(proto, buf, bofs, Wt)
-                for c in range(c0, c1):
-                    xc = c * RL + x0
-                    wc = wk + c * T * KB
-                    for t in range(t0, t1):
-                        acc = tile_fma(acc, xbuf, xc + itap[tb0 + t], wp, wc + t * KB, 1)
-                tile_store(acc, buf, bofs, Wt)
+                _tile_reduce(proto, c0 == 0, buf, pb + kb * KB * Wt + x0, Wt, xbuf, x0, RL,
+                             itap, tb0, wp, wk, T, KB, c0, c1, t0, t1, False)
+
+
+@numba.njit(**SERIAL_JIT_OPTIONS)
+def _phase_tiles_cv(proto, xbuf, wp, buf, itap, Tmax, tlo, thi, nr, PS, wg, T, Cg, CB, kb0, kb1,
+                    ncols, Kpad, RL):
+    """``_phase_tiles`` with the tile's roles swapped (channel-vectorised), for the ``nr``
+    output rows of a work item: a tile is ``KP`` consecutive output pixels x ``NV`` vectors
+    of output channels, updated per (c, t) by ``NV`` weight-vector loads and ``KP`` input
+    broadcasts.  No lane is spent past the row end, so it suits widths that are not a
+    multiple of the SIMD tile (33 columns use 33 of 48 lanes of the row tile; 7, 14, 65).
+
+    Row ``yy`` reads taps ``tlo[yy] <= t < thi[yy]`` at ``itap[yy*Tmax + t]`` and sums into
+    ``buf[yy*PS + bx*Kpad + k]``: pixel tile ``xb`` is stored at buffer pixels
+    ``bx = xb*KP + i``; the last tile reads the input shifted back to end at ``ncols``
+    (overlapping the one before, which has its own buffer pixels, so nothing is summed
+    twice).  The weight stream has blocks of ``NV*L`` output channels; a channel block's
+    weights stay in L1 while every row and pixel tile of the item re-uses them."""
+    KP, NV = tile_dims(proto)
+    TWc = NV * _lanes_of(buf)
+    npx = (ncols + KP - 1) // KP
+    for c0 in range(0, Cg, CB):
+        c1 = min(c0 + CB, Cg)
+        for kb in range(kb0, kb1):
+            wk = wg + kb * Cg * T * TWc
+            for yy in range(nr):
+                tb0 = yy * Tmax
+                t0 = tlo[yy]
+                t1 = thi[yy]
+                for xb in range(npx):
+                    _tile_reduce(proto, c0 == 0, buf, yy * PS + xb * KP * Kpad + kb * TWc, Kpad,
+                                 xbuf, min(xb * KP, ncols - KP), RL, itap, tb0, wp, wk, T, TWc,
+                                 c0, c1, t0, t1, True)
 
 
 @numba.njit(**SERIAL_JIT_OPTIONS)
@@ -595,9 +649,47 @@ def _pack_block(x, xbuf, n, g, G, r0, nrows, pt, pl, Wq, RL):
                 _st(xbuf, dst + q, 0)
 
 
+@numba.njit(**SERIAL_JIT_OPTIONS)
+def _ring_pack(x, xbuf, tags, slot_q, padding_q, rowoffs, ry, r0, kbase, NS, rowsz, n, g, G,
+               pt, pl, sWp, Wq):
+    """The packed input rows ``r = r0 + rowoffs[ry, 1 + q]`` that one output row reads,
+    packed into the ring unless a slot holds them already (``tags``; packed row ``r`` of
+    (n, g) has key ``kbase + r`` and lives in slot ``key % NS``): ``slot_q[q]`` = the slot,
+    ``padding_q[q]`` = whether the row is all zero padding."""
+    H = x.shape[2]
+    for q in range(rowoffs[ry, 0]):
+        r = r0 + rowoffs[ry, 1 + q]
+        key = kbase + r
+        slot = key % NS
+        if tags[slot] != key:
+            _pack_row(x, xbuf, slot * rowsz, n, g, r, G, pt, pl, sWp, Wq)
+            tags[slot] = key
+        slot_q[q] = slot
+        h = r - pt
+        padding_q[q] = h < 0 or h >= H
+
+
+@numba.njit(**SERIAL_JIT_OPTIONS)
+def _phase_taps(itap, tb0, trow, tcol, p, T, slot_q, padding_q, rowsz, skip_padding):
+    """``itap[tb0 + t]`` = where tap ``t`` of phase ``p`` reads in the ring; returns the taps
+    ``[t0, t1)`` to compute.  The leading and trailing taps that read a row of zero padding
+    add exact zeros when the weights are finite (``skip_padding``): they are dropped (for a
+    dilated conv near the top and bottom, whole kernel rows)."""
+    for t in range(T):
+        itap[tb0 + t] = slot_q[trow[p, t]] * rowsz + tcol[p, t]
+    t0 = 0
+    t1 = T
+    if skip_padding:
+        while t0 < t1 and padding_q[trow[p, t0]]:
+            t0 += 1
+        while t1 > t0 and padding_q[trow[p, t1 - 1]]:
+            t1 -= 1
+    return t0, t1
+
+
 # geometry vector indices
 (_N, _G, _CG, _KG, _NKB, _NXB, _CB, _RL, _PH, _PW, _HO, _WO, _OYS, _PSTEP, _TYMAX, _HROWS, _PT,
- _PL, _SWP, _WQ, _NS, _FLAT, _NKG, _SKIP) = range(24)
+ _PL, _SWP, _WQ, _NS, _FLAT, _NKG, _SKIP, _CVR) = range(25)
 # per-phase table columns: output rows / cols of the phase, its taps, its weight offset
 _TY, _TX, _NTAP, _WOFS = range(4)
 
@@ -611,16 +703,20 @@ _FORCE_RING = None
 _FORCE_FLAT = None  # None: choose; 0: never; R > 0: flat layout with R rows per item
 _FORCE_KGROUPS = None
 _SKIP_PADDING = True  # False: every tap is computed, also those on zero-padding rows
+_FORCE_CV = None  # None: choose; False: never; True: the channel-vectorised tile when it applies
+_FORCE_CV_ROWS = None  # output rows per work item of the channel-vectorised tile
 
 
 #: column-phase counts (W strides of conv_transpose2d) with a SIMD interleave epilogue
 _SIMD_INTERLEAVE = (2, 4, 8)
 
 
-def _rows_kernel(KB: int, NV: int, PW: int = 1):
+def _rows_kernel(KB: int, NV: int, PW: int = 1, cv: bool = False):
     """The row kernel specialised for a ``KB x NV`` register tile and, for conv_transpose2d,
-    a W stride with a SIMD epilogue (compiled lazily, cached on disk)."""
-    key = (KB, NV, PW if PW in _SIMD_INTERLEAVE else 0)
+    a W stride with a SIMD epilogue (compiled lazily, cached on disk).  ``cv``: the
+    channel-vectorised tile of ``KB`` pixels x ``NV`` vectors of output channels
+    (``_phase_tiles_cv``; conv2d, one column phase)."""
+    key = (KB, NV, PW if PW in _SIMD_INTERLEAVE else 0, bool(cv))
     kern = _ROWS_KERNELS.get(key)
     if kern is None:
         kern = _make_rows_kernel(*key)
@@ -628,7 +724,7 @@ def _rows_kernel(KB: int, NV: int, PW: int = 1):
     return kern
 
 
-def _make_rows_kernel(KB, NV, PWV):
+def _make_rows_kernel(KB, NV, PWV, CV):
     @numba.njit(**JIT_OPTIONS)
     def rows_kernel(x, wp, bias, out, geo, ptab, trow, tcol, rowoffs, nth):
         N = geo[_N]
@@ -655,15 +751,21 @@ def _make_rows_kernel(KB, NV, PWV):
         flat_rows = geo[_FLAT]  # > 0: flat mode, output rows per item
         NKG = geo[_NKG]  # output-channel groups per (image, group): kblocks [kg*KBG, ...)
         skip_padding = geo[_SKIP] != 0  # drop taps on zero-padding rows (finite weights)
-        H = x.shape[2]
+        cv_rows = geo[_CVR]  # channel-vectorised tile: output rows per item
         KBG = (nkb + NKG - 1) // NKG
         Tmax = trow.shape[1]
         K = G * Kg
         L = _lanes_of(out)
         TW = NV * L
-        Wt = nxb * TW
-        Kpad = nkb * KB
-        klast = (nkb - 1) * KB  # first buffer row of the last (shifted) channel block
+        if CV:
+            CKB = TW  # output channels per block of the weight stream
+            Wt = nxb * KB  # buffer pixels: nxb tiles of KB pixels
+        else:
+            CKB = KB
+            Wt = nxb * TW
+        Kpad = nkb * CKB
+        klast = (nkb - 1) * CKB  # first buffer row of the last (shifted) channel block
+        xlast = (nxb - 1) * KB  # CV: first buffer pixel of the last (shifted) pixel tile
         rowsz = Cg * RL
         PS = Kpad * Wt  # row-buffer size of one column phase
         nitems = N * G * NKG * PH * Ty_max
@@ -685,8 +787,12 @@ def _make_rows_kernel(KB, NV, PWV):
             tags = np.full(NS, -1, dtype=np.int64)
             slot_q = np.empty(rowoffs.shape[1], dtype=np.int64)
             padding_q = np.zeros(rowoffs.shape[1], dtype=np.bool_)  # packed row q is all zeros
-            itap = np.empty(PW * Tmax, dtype=np.int64)
-            buf = np.empty(PW * PS, dtype=out.dtype)
+            # row buffers: one per column phase (CV: per output row of the item)
+            RB = cv_rows if CV else PW
+            itap = np.empty(RB * Tmax, dtype=np.int64)
+            buf = np.empty(RB * PS, dtype=out.dtype)
+            tlo = np.empty(RB, dtype=np.int64)
+            thi = np.empty(RB, dtype=np.int64)
             proto = tile_zero(out, KB, NV)
             for v in range(nworkers):
                 owner = (worker + v) % nworkers
@@ -711,8 +817,8 @@ def _make_rows_kernel(KB, NV, PWV):
                     kb0 = kg * KBG
                     kb1 = min(nkb, kb0 + KBG)
                     # output channels of this item (the last block is shifted to end at Kg)
-                    k_lo = kb0 * KB
-                    k_hi = Kg if kb1 == nkb else kb1 * KB
+                    k_lo = kb0 * CKB
+                    k_hi = Kg if kb1 == nkb else kb1 * CKB
                     if flat_rows > 0:
                         y0 = ty * flat_rows
                         nr = min(flat_rows, Ho - y0)
@@ -722,7 +828,7 @@ def _make_rows_kernel(KB, NV, PWV):
                             itap[t] = tcol[0, t]
                         nxb_i = (nr * Wq + TW - 1) // TW
                         _phase_tiles(proto, xbuf, wp, buf, 0, itap, 0, T, 0, T,
-                                     g * nkb * Cg * T * KB, Cg, CB, kb0, kb1, nxb_i, Wt, RL)
+                                     g * nkb * Cg * T * CKB, Cg, CB, kb0, kb1, nxb_i, Wt, RL)
                         for k in range(k_lo, k_hi):
                             bk = bias[g * Kg + k]
                             kbuf = (k if k < klast else k + Kpad - Kg) * Wt
@@ -734,18 +840,35 @@ def _make_rows_kernel(KB, NV, PWV):
                         continue
                     if ty >= ptab[p0, _TY]:
                         continue
-                    nq = rowoffs[ry, 0]
                     kbase = (n * G + g) * Hrows
-                    for q in range(nq):
-                        r = ty * pstep + rowoffs[ry, 1 + q]
-                        key = kbase + r
-                        slot = key % NS
-                        if tags[slot] != key:
-                            _pack_row(x, xbuf, slot * rowsz, n, g, r, G, pt, pl, sWp, Wq)
-                            tags[slot] = key
-                        slot_q[q] = slot
-                        h = r - pt
-                        padding_q[q] = h < 0 or h >= H
+                    if CV:
+                        # output rows [y0, y0 + nr); one column phase (conv2d)
+                        y0 = ty * cv_rows
+                        nr = min(cv_rows, Ho - y0)
+                        T = ptab[0, _NTAP]
+                        for yy in range(nr):
+                            _ring_pack(x, xbuf, tags, slot_q, padding_q, rowoffs, 0,
+                                       (y0 + yy) * pstep, kbase, NS, rowsz, n, g, G, pt, pl,
+                                       sWp, Wq)
+                            tlo[yy], thi[yy] = _phase_taps(itap, yy * Tmax, trow, tcol, 0, T,
+                                                           slot_q, padding_q, rowsz,
+                                                           skip_padding)
+                        _phase_tiles_cv(proto, xbuf, wp, buf, itap, Tmax, tlo, thi, nr, PS,
+                                        ptab[0, _WOFS] + g * nkb * Cg * T * CKB, T, Cg, CB,
+                                        kb0, kb1, Wo, Kpad, RL)
+                        # bias + transpose the pixel-major buffer into the output rows;
+                        # pixels of the last (shifted) tile sit past xlast
+                        for yy in range(nr):
+                            for k in range(k_lo, k_hi):
+                                bk = bias[g * Kg + k]
+                                obase = ((n * K + g * Kg + k) * Ho + y0 + yy) * Wo
+                                kcol = yy * PS + (k if k < klast else k + Kpad - Kg)
+                                for xx in range(Wo):
+                                    bx = xx if xx < xlast else xx + Wt - Wo
+                                    _st(out, obase + xx, _ld(buf, kcol + bx * Kpad) + bk)
+                        continue
+                    _ring_pack(x, xbuf, tags, slot_q, padding_q, rowoffs, ry, ty * pstep, kbase,
+                               NS, rowsz, n, g, G, pt, pl, sWp, Wq)
                     for rx in range(PW):
                         p = p0 + rx
                         T = ptab[p, _NTAP]
@@ -755,20 +878,10 @@ def _make_rows_kernel(KB, NV, PWV):
                                 _st(buf, pb + q, 0)
                             continue
                         tb0 = rx * Tmax
-                        for t in range(T):
-                            itap[tb0 + t] = slot_q[trow[p, t]] * rowsz + tcol[p, t]
-                        # the leading and trailing taps that read a row of zero padding add
-                        # exact zeros when the weights are finite: skip them (for a dilated
-                        # conv near the top and bottom, whole kernel rows)
-                        t0 = 0
-                        t1 = T
-                        if skip_padding:
-                            while t0 < t1 and padding_q[trow[p, t0]]:
-                                t0 += 1
-                            while t1 > t0 and padding_q[trow[p, t1 - 1]]:
-                                t1 -= 1
+                        t0, t1 = _phase_taps(itap, tb0, trow, tcol, p, T, slot_q, padding_q,
+                                             rowsz, skip_padding)
                         _phase_tiles(proto, xbuf, wp, buf, pb, itap, tb0, T, t0, t1,
-                                     ptab[p, _WOFS] + g * nkb * Cg * T * KB, Cg, CB, kb0, kb1,
+                                     ptab[p, _WOFS] + g * nkb * Cg * T * CKB, Cg, CB, kb0, kb1,
                                      nxb, Wt, RL)
                     # bias + interleave the column phases into output row y
                     y = ry + oys * ty
@@ -839,13 +952,20 @@ def _tile_eff(acc: int) -> float:
     return 0.3
 
 
-def _choose_tile(Kg: int, ncols: int, L: int) -> tuple[int, int, float]:
+def _choose_tile(Kg: int, ncols: int, L: int, max_tw: int | None = None
+                 ) -> tuple[int, int, float]:
     """Register tile ``(KB, NV, score)`` for ``Kg`` output channels and ``ncols`` output
     columns per tile row: the best tile efficiency after the waste of the last channel
-    block (computed on a shifted, overlapping block) and of the last column tile."""
+    block (computed on a shifted, overlapping block) and of the last column tile.
+
+    The channel-vectorised tile asks with the roles swapped (``Kg`` = pixels per row,
+    ``ncols`` = output channels) and ``max_tw`` = the channel count: its last channel
+    block is shifted back too, so a block may not be wider than the channels."""
     best, best_score = (1, 1), -1.0
     for nv in (4, 3, 2, 1):
         tw = nv * L
+        if max_tw is not None and tw > max_tw:
+            continue
         xwaste = (-(-ncols // tw) * tw) / max(ncols, 1)
         for kb in range(1, min(_MAX_KB[nv], max(Kg, 1)) + 1):
             kwaste = (-(-Kg // kb) * kb) / max(Kg, 1)
@@ -888,7 +1008,7 @@ def _output_and_bias(x, bias, K, out_hw):
 
 
 def _run_rows(x, weight, b, out, *, transposed, G, Cg, Kg, row_phases, col_phases, taps,
-              pstep, oys, pt, pl, sWp, Wq, RL, KB, NV, L, flat=None):
+              pstep, oys, pt, pl, sWp, Wq, RL, KB, NV, L, flat=None, cv=False):
     """Plan and launch the row kernel.
 
     row_phases[ry] = (Ty, sorted distinct packed-row offsets); col_phases[rx] = Tx;
@@ -896,16 +1016,24 @@ def _run_rows(x, weight, b, out, *, transposed, G, Cg, Kg, row_phases, col_phase
     p = ry*PW + rx.  Output row ty of row phase ry reads packed rows ty*pstep + offset.
     ``flat = (rows per item, extra input rows)`` selects the flat layout (_pack_block):
     then row_phases = [(number of items per image and group, [0])] and col_phases = [the
-    flat length rows*Wq of an item].
+    flat length rows*Wq of an item].  ``cv``: the channel-vectorised tile (``KB`` pixels x
+    ``NV`` vectors of output channels; one column phase, ``Kg >= NV*L``).
     """
     N = x.shape[0]
     Ho, Wo = out.shape[2:]
+    cv_rows = 0
+    if cv:
+        # items of cv_rows output rows: a channel block's weights serve them all
+        cv_rows = _FORCE_CV_ROWS or min(Ho, -(-_CV_PIXELS // Wo))
+        cv_rows = -(-Ho // -(-Ho // cv_rows))  # the same number of rows in every item
+        row_phases = [(-(-Ho // cv_rows), row_phases[0][1])]
     PH, PW = len(row_phases), len(col_phases)
     P = PH * PW
     isz = x.dtype.itemsize
     TW = NV * L
-    nkb = -(-Kg // KB)
-    nxb = -(-max(col_phases) // TW)
+    CKB = TW if cv else KB  # output channels per block of the weight stream
+    nkb = -(-Kg // CKB)
+    nxb = -(-max(col_phases) // (KB if cv else TW))
     Tmax = max(1, max(len(t) for t in taps))
     ptab = np.zeros((P, 4), dtype=np.int64)
     trow = np.zeros((P, Tmax), dtype=np.int64)
@@ -917,7 +1045,7 @@ def _run_rows(x, weight, b, out, *, transposed, G, Cg, Kg, row_phases, col_phase
         ptab[p] = (row_phases[p // PW][0], col_phases[p % PW], T, wofs)
         for t, (q, col, wt) in enumerate(taps[p]):
             trow[p, t], tcol[p, t], wtap[p, t] = q, col, wt
-        wofs += G * nkb * KB * Cg * T
+        wofs += G * nkb * CKB * Cg * T
     offsets = [o if o else [0] for _, o in row_phases]
     nq_max = max(len(o) for o in offsets)
     rowoffs = np.zeros((PH, nq_max + 1), dtype=np.int64)
@@ -935,11 +1063,17 @@ def _run_rows(x, weight, b, out, *, transposed, G, Cg, Kg, row_phases, col_phase
         # a tile reads about TW + (extra rows + 1)*Wq elements of each channel
         CB = _choose_cb(Cg, (TW + (flat[1] + 1) * Wq) * isz, 1)
     else:
-        NS = max(span + pstep, min(span + 4 * pstep, _XBUF_BYTES // max(1, row_bytes)))
+        R = max(1, cv_rows)  # output rows an item packs
+        NS = max(span + R * pstep,
+                 min(span + (R + 3) * pstep, _XBUF_BYTES // max(1, row_bytes)))
         if _FORCE_RING is not None:
-            NS = max(span, _FORCE_RING)
-        Hrows = (Tymax - 1) * pstep + max(o[-1] for o in offsets) + 1
+            NS = max(span + (R - 1) * pstep, _FORCE_RING)
+        Hrows = ((Ho if cv else Tymax) - 1) * pstep + max(o[-1] for o in offsets) + 1
         CB = _choose_cb(Cg, RL * isz, nq_max)
+        if cv:
+            # a channel block's weights (T taps x CKB channels each) are re-used by every
+            # pixel tile of the row: keep them in L1
+            CB = max(1, min(Cg, _CV_BLOCK_BYTES // (Tmax * CKB * isz)))
     # output-channel groups: split the channel blocks of an (image, group, row) over work
     # items when there are too few rows to keep the threads busy (small images).  (Splitting
     # them to keep each group's weights in L2 was measured slower: every group re-packs
@@ -948,7 +1082,7 @@ def _run_rows(x, weight, b, out, *, transposed, G, Cg, Kg, row_phases, col_phase
     rows_items = N * G * PH * Tymax
     if rows_items < 4 * nth:
         NKG = min(nkb, -(-4 * nth // rows_items))
-    if nth > 1 and G * nkb * KB * Cg * int(ptab[:, _NTAP].sum()) * isz > _L2_BYTES:
+    if nth > 1 and G * nkb * CKB * Cg * int(ptab[:, _NTAP].sum()) * isz > _L2_BYTES:
         # weights larger than L2: one channel slice per thread keeps each slice L2-resident
         # (measured +3% on dilated_aspp with 2 threads; a thread re-packs the input rows)
         NKG = max(NKG, nth)
@@ -956,20 +1090,29 @@ def _run_rows(x, weight, b, out, *, transposed, G, Cg, Kg, row_phases, col_phase
         NKG = _FORCE_KGROUPS
     NKG = max(1, min(nkb, NKG))
     NKG = -(-nkb // -(-nkb // NKG))
-    geo = np.zeros(24, dtype=np.int64)
+    geo = np.zeros(25, dtype=np.int64)
     for idx, val in ((_N, N), (_G, G), (_CG, Cg), (_KG, Kg), (_NKB, nkb), (_NXB, nxb), (_CB, CB),
                      (_RL, RL), (_PH, PH), (_PW, PW), (_HO, Ho), (_WO, Wo), (_OYS, oys),
                      (_PSTEP, pstep), (_TYMAX, Tymax), (_HROWS, Hrows), (_PT, pt), (_PL, pl),
                      (_SWP, sWp), (_WQ, Wq), (_NS, NS), (_FLAT, 0 if flat is None else flat[0]),
-                     (_NKG, NKG)):
+                     (_NKG, NKG), (_CVR, cv_rows)):
         geo[idx] = val
     # NumPy allocates the packed weights (MBs for wide layers), not the kernel: see _config
-    wp = np.empty(max(wofs, 1), dtype=weight.dtype)  # wofs: the total, from the loop above
-    finite = _pack_weights(weight, transposed, G, KB, nkb, ptab[:, _NTAP].copy(), wtap, wp)
+    # (64-byte aligned: the channel-vectorised tile loads whole weight vectors)
+    wp = _aligned_empty(max(wofs, 1), weight.dtype)  # wofs: the total, from the loop above
+    finite = _pack_weights(weight, transposed, G, CKB, nkb, ptab[:, _NTAP].copy(), wtap, wp)
     # an inf or NaN weight times zero padding is NaN (as in the oracle): then no tap is skipped
     geo[_SKIP] = int(finite and _SKIP_PADDING)
-    _rows_kernel(KB, NV, PW)(x, wp, b, out.reshape(-1), geo, ptab, trow, tcol, rowoffs, nth)
+    _rows_kernel(KB, NV, PW, cv)(x, wp, b, out.reshape(-1), geo, ptab, trow, tcol, rowoffs, nth)
     return out
+
+
+def _aligned_empty(n: int, dtype) -> np.ndarray:
+    """``np.empty(n, dtype)`` whose data starts on a 64-byte boundary (a cache line)."""
+    dtype = np.dtype(dtype)
+    raw = np.empty(n + 64 // dtype.itemsize, dtype=dtype)
+    skip = (-raw.ctypes.data % 64) // dtype.itemsize
+    return raw[skip:skip + n]
 
 
 def conv2d(x, weight, bias, *, stride, padding, dilation, groups, out_hw):
@@ -989,27 +1132,61 @@ def conv2d(x, weight, bias, *, stride, padding, dilation, groups, out_hw):
     if Cg == 1 and _USE_DEPTHWISE:
         return _depthwise(x, weight, b, out, stride, padding, dilation)
     L = VEC_BYTES // dtype.itemsize
+    KB, NV, row_score = _choose_tile(Kg, Wo, L)
+    flat_rows, flat_score = 0, 0.0
     if stride == (1, 1):
-        flat_rows = _choose_flat(N * G, Cg, Kg, Ho, Wo, (kh - 1) * dH, Wo + (kw - 1) * dW, L,
-                                 dtype.itemsize)
-        if flat_rows:
-            return _conv_flat(x, weight, b, out, G, Cg, Kg, flat_rows, padding, dilation, L)
-    KB, NV, _ = _choose_tile(Kg, Wo, L)
-    if _FORCE_TILE is not None:
+        flat_rows, flat_score = _choose_flat(N * G, Cg, Kg, Ho, Wo, (kh - 1) * dH,
+                                             Wo + (kw - 1) * dW, L, dtype.itemsize)
+    cv = _choose_cv(Kg, Wo, L, max(row_score, flat_score))
+    if cv is None and flat_rows:
+        return _conv_flat(x, weight, b, out, G, Cg, Kg, flat_rows, padding, dilation, L)
+    if cv is not None:
+        KB, NV = cv
+    elif _FORCE_TILE is not None:
         KB, NV = min(_FORCE_TILE[0], Kg), _FORCE_TILE[1]
-    Wt = -(-Wo // (NV * L)) * NV * L
     # packed row: sW column phases of Wq columns; output x, tap j reads phase (j*dW) % sW,
-    # column x + (j*dW) // sW
+    # column x + (j*dW) // sW (the channel-vectorised tile reads only columns < Wo)
+    Wt = Wo if cv else -(-Wo // (NV * L)) * NV * L
     Wq = Wt + ((kw - 1) * dW) // sW
     taps = [[(i, ((j * dW) % sW) * Wq + (j * dW) // sW, i * kw + j)
              for i in range(kh) for j in range(kw)]]
     return _run_rows(x, weight, b, out, transposed=False, G=G, Cg=Cg, Kg=Kg,
                      row_phases=[(Ho, [i * dH for i in range(kh)])], col_phases=[Wo], taps=taps,
-                     pstep=sH, oys=1, pt=pH, pl=pW, sWp=sW, Wq=Wq, RL=sW * Wq, KB=KB, NV=NV, L=L)
+                     pstep=sH, oys=1, pt=pH, pl=pW, sWp=sW, Wq=Wq, RL=sW * Wq, KB=KB, NV=NV, L=L,
+                     cv=cv is not None)
+
+
+#: output pixels a work item of the channel-vectorised tile covers at least (whole rows):
+#: its weights are streamed once per item
+_CV_PIXELS = 512
+_CV_BLOCK_BYTES = 24 * 1024
+
+#: the channel-vectorised tile is chosen when its tile score beats the row / flat
+#: layout's by this factor.  Measured (1 thread, forced A/B, calls interleaved): at equal
+#: scores the two tie (dilated_aspp 0.97-1.05, dilated_small 0.99-1.06 with 1-2 threads);
+#: 33x33 ASPP branches (scores 0.95 / 0.69) 0.77-0.83; 65x65 (0.98 / flat 0.84) 0.91; but
+#: 56x56 stride 2 (0.93 / 0.85) 1.12, so a small lead is not enough.
+_CV_MARGIN = 1.15
+
+
+def _choose_cv(Kg: int, Wo: int, L: int, other_score: float):
+    """``(pixels, NV)`` of the channel-vectorised tile when it beats ``other_score`` (the
+    row / flat layouts' tile score) by ``_CV_MARGIN``, else None.  It needs ``Kg >= L``
+    output channels, and is not chosen for rows shorter than ``2*L`` (7-28 columns measured
+    1.06-1.25x slower than the flat layout: a pixel tile is most of a row there)."""
+    if _FORCE_CV is False or Kg < L or Wo < 1 or (_FORCE_CV is None and _FORCE_TILE):
+        return None
+    kp, nv, score = _choose_tile(Wo, Kg, L, max_tw=Kg)
+    if _FORCE_CV and _FORCE_TILE:  # tests: a given tile (pixels, NV), clipped to fit
+        kp, nv = min(_FORCE_TILE[0], Wo), min(_FORCE_TILE[1], Kg // L)
+    if _FORCE_CV or (Wo >= 2 * L and score > _CV_MARGIN * other_score):
+        return kp, nv
+    return None
 
 
 def _choose_flat(NG, Cg, Kg, Ho, Wo, extra_rows, Wq, L, isz):
-    """Output rows per work item for the flat layout, or 0 to use the row layout.
+    """``(rows, score)``: output rows per work item for the flat layout and its tile score,
+    or ``(0, 0.0)`` to use the row layout.
 
     Row tiles cover whole SIMD tiles of one output row (``Wo`` = 56 computes 64 columns);
     the flat layout computes ``Wq = Wo + dW*(kW - 1)`` columns per row instead (and packs
@@ -1017,7 +1194,7 @@ def _choose_flat(NG, Cg, Kg, Ho, Wo, extra_rows, Wq, L, isz):
     multiple of the tile and for small images.
     """
     if _FORCE_FLAT is not None:
-        return max(1, min(Ho, _FORCE_FLAT)) if _FORCE_FLAT else 0
+        return (max(1, min(Ho, _FORCE_FLAT)), 1e9) if _FORCE_FLAT else (0, 0.0)
     # rows per item: as many as the packed block budget allows (fewer re-packed rows), as
     # long as there are >= 4 items per thread (output-channel groups count, see _run_rows)
     kpar = max(1, Kg // 8)
@@ -1031,7 +1208,7 @@ def _choose_flat(NG, Cg, Kg, Ho, Wo, extra_rows, Wq, L, isz):
         best = R
     row_score = _choose_tile(Kg, Wo, L)[2]
     flat_score = _choose_tile(Kg, best * Wq, L)[2] * Wo / Wq
-    return best if flat_score > 1.03 * row_score else 0
+    return (best, flat_score) if flat_score > 1.03 * row_score else (0, 0.0)
 
 
 def _conv_flat(x, weight, b, out, G, Cg, Kg, R, padding, dilation, L):
