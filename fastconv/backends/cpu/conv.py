@@ -515,6 +515,8 @@ def _pack_weights(w, transposed, G, KB, nkb, ntap, wtap, wp):
         K, Cg = w.shape[0], w.shape[1]
         Kg = K // G
     KK = w.shape[2] * w.shape[3]
+    # source strides of output channel k and input channel c
+    sk, sc = (KK, Kg * KK) if transposed else (Cg * KK, KK)
     P = ntap.shape[0]
     wofs = 0
     for p in range(P):
@@ -522,20 +524,18 @@ def _pack_weights(w, transposed, G, KB, nkb, ntap, wtap, wp):
         for g in range(G):
             for kb in range(nkb):
                 k0 = min(kb * KB, Kg - KB)
-                for kk in range(KB):
-                    if transposed:
-                        src0 = (g * Cg * Kg + k0 + kk) * KK
-                        srcc = Kg * KK
-                    else:
-                        src0 = (g * Kg + k0 + kk) * Cg * KK
-                        srcc = KK
-                    for c in range(Cg):
-                        base = wofs + ((g * nkb + kb) * Cg + c) * T * KB + kk
-                        src = src0 + c * srcc
-                        for t in range(T):
-                            v = _ld(w, src + wtap[p, t])
+                src0 = (g * Cg * Kg + k0) * KK if transposed else (g * Kg + k0) * Cg * KK
+                # written in order (the KB channels of a tap are read from KB rows of w):
+                # scattered writes measured 2 ms for the 4 MB of a 2048->512 1x1 layer
+                dst = wofs + (g * nkb + kb) * Cg * T * KB
+                for c in range(Cg):
+                    for t in range(T):
+                        src = src0 + c * sc + wtap[p, t]
+                        for kk in range(KB):
+                            v = _ld(w, src + kk * sk)
                             finite &= v - v == 0  # False for inf and NaN
-                            _st(wp, base + t * KB, v)
+                            _st(wp, dst, v)
+                            dst += 1
         wofs += G * nkb * Cg * T * KB
     return finite
 
