@@ -397,6 +397,84 @@ def test_channel_vectorised_tile_chosen_where_row_lanes_are_wasted(monkeypatch):
         assert seen == [cv], (width, seen)
 
 
+# ------------------------------------------------------------ weights: packed or in place
+
+
+@pytest.mark.parametrize("shape", [
+    # (N, C, H, W, K, groups, kh, kw, stride, padding, dilation)
+    (1, 24, 7, 7, 20, 1, 1, 1, (1, 1), (0, 0), (1, 1)),  # 1x1 on a small map
+    (2, 12, 7, 9, 13, 1, 3, 3, (1, 1), (2, 2), (2, 2)),  # padding rows, K % KB != 0
+    (1, 12, 9, 8, 18, 3, 3, 2, (2, 1), (1, 1), (1, 3)),  # groups, strided, dilated
+    (1, 5, 6, 40, 7, 1, 3, 3, (1, 1), (6, 6), (6, 6)),  # rows whose every tap is padding
+])
+@pytest.mark.parametrize("flat", [None, 0])
+def test_weights_read_in_place(dtype, hooks, shape, flat):
+    """conv2d can read its (K, Cg, kH, kW) weights in place (no packed stream), in the row
+    and the flat layouts; the result equals the packed one bit for bit."""
+    N, C, H, W, K, groups, kh, kw, stride, padding, dilation = shape
+    hooks(_FORCE_FLAT=flat)
+    outs = []
+    for direct in (True, False):
+        hooks(_FORCE_DIRECT=direct)
+        outs.append(run_conv(dtype, N, C, H, W, K, groups, kh, kw, stride, padding, dilation))
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_weights_in_place_from_a_strided_array_and_inf_on_padding_rows(hooks):
+    hooks(_FORCE_DIRECT=True, _FORCE_FLAT=0)
+    x = _rand((1, 3, 8, 21), np.float32, 0)
+    w = np.asfortranarray(_rand((16, 3, 3, 3), np.float32, 1))
+    w[2, 1, 0, 1] = np.inf  # top kernel row: inf * zero padding is NaN for the first rows
+    keep = w.copy(order="A")
+    out = cpu_conv.conv2d(x, w, None, stride=(1, 1), padding=(4, 4), dilation=(4, 4),
+                          groups=1, out_hw=(8, 21))
+    ref = reference.conv2d(x, w, None, 1, 4, 4, 1)
+    assert np.isnan(ref[0, 2, :4]).all()
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+    np.testing.assert_array_equal(w, keep)
+
+
+def test_weights_in_place_chosen_for_few_output_pixels(monkeypatch):
+    seen = []
+    rows_kernel = cpu_conv._rows_kernel
+
+    def spy(*args):
+        seen.append(args[4] if len(args) > 4 else False)
+        return rows_kernel(*args)
+
+    monkeypatch.setattr(cpu_conv, "_rows_kernel", spy)
+    for hw, direct in ((7, True), (28, False)):
+        seen.clear()
+        run_conv(np.dtype(np.float32), 1, 32, hw, hw, 40, 1, 1, 1)
+        assert seen == [direct], (hw, seen)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_weight_packing_orders_agree(transposed):
+    """_pack_weights fills small blocks one output channel at a time and large ones in
+    write order: the same stream."""
+    rng = np.random.default_rng(0)
+    G, Cg, Kg, kh, kw, KB = 2, 9, 13, 3, 2, 4
+    w = rng.standard_normal((G * Cg, Kg, kh, kw) if transposed else (G * Kg, Cg, kh, kw))
+    ntap = np.array([6, 4])
+    wtap = np.array([[0, 1, 2, 3, 4, 5], [5, 3, 1, 0, 0, 0]], dtype=np.int64)
+    nkb = -(-Kg // KB)
+    streams = []
+    for by_channel_bytes in (0, 10**12):
+        wp = np.full(G * nkb * KB * Cg * int(ntap.sum()), np.nan)
+        assert cpu_conv._pack_weights(w, transposed, G, KB, nkb, ntap, wtap, wp,
+                                      by_channel_bytes)
+        streams.append(wp)
+    assert not np.isnan(streams[0]).any()
+    np.testing.assert_array_equal(streams[0], streams[1])
+    # spot-check the layout: phase 1, group 1, last (shifted) block, channel c, tap t
+    p1 = G * nkb * Cg * 6 * KB
+    g, kb, c, t, kk = 1, nkb - 1, 7, 1, 2
+    k = min(kb * KB, Kg - KB) + kk
+    src = w[g * Cg + c, k] if transposed else w[g * Kg + k, c]
+    assert streams[0][p1 + (((g * nkb + kb) * Cg + c) * 4 + t) * KB + kk] == src.ravel()[3]
+
+
 @pytest.mark.parametrize("n", [1, 15, 16, 1000])
 @pytest.mark.parametrize("dt", [np.float32, np.float64])
 def test_packed_weights_are_cache_line_aligned(n, dt):

@@ -18,9 +18,11 @@ conv_transpose2d.  A work item is one output row (all channels of one image / gr
 The input rows it reads are packed (zero padding, channel-interleaved, the W stride split
 into column phases so that every tap reads contiguous columns) into a per-thread ring of
 packed rows, so consecutive output rows re-use them; weights are packed once per call into
-one sequential stream per channel block.  The reduction is blocked over input channels so
-the rows a tile reads stay in L1 while every channel block re-uses them; partial sums live
-in a per-thread row buffer, and bias is added when the row is written.  Taps that read a
+one sequential stream per channel block (conv2d layers with at most ``_DIRECT_PIXELS``
+output pixels read them in place instead: packing would cost as much as the convolution).
+The reduction is blocked over input channels so the rows a tile reads stay in L1 while
+every channel block re-uses them; partial sums live in a per-thread row buffer, and bias
+is added when the row is written.  Taps that read a
 row of zero padding (the top and bottom kernel rows of a dilated conv near the border:
 6-36 % of an ASPP branch's multiply-adds on 33x33 to 64x64 maps) are not computed when
 every weight is finite -- they would add exact zeros; an inf/NaN weight must still turn
@@ -496,16 +498,29 @@ def _pack_row(x, xp, base, n, g, r, G, pt, pl, sW, Wq):
                 _st(xp, dst + q, 0)
 
 
+#: largest block of packed weights (one group's channel block) that _pack_weights fills
+#: one output channel at a time, for kernels of more than one tap.  Measured, 1 thread:
+#: 256x256x3x3 (blocks of 55 KB) 0.39-0.42 ms that way against 0.60-0.65 in write order;
+#: 512x512x3x3 (221 KB) 2.40-2.52 against 1.92-2.08.  1x1 kernels always go in write
+#: order: 2048->512 in blocks of 98 KB 2.02-2.10 against 0.82-0.85, of 49 KB 2.92
+#: against 1.27, 1024->256 (25 KB) 0.70 against 0.31.
+_PACK_BY_CHANNEL_BYTES = 64 * 1024
+
+
 @numba.njit(**SERIAL_JIT_OPTIONS)
-def _pack_weights(w, transposed, G, KB, nkb, ntap, wtap, wp):
+def _pack_weights(w, transposed, G, KB, nkb, ntap, wtap, wp,
+                  by_channel_bytes=_PACK_BY_CHANNEL_BYTES):
     """Fill ``wp`` with the weights as one sequential stream per (phase p, group g, block kb);
     return whether every packed weight is finite:
 
     ``wp[wofs_p + (((g*nkb + kb)*Cg + c)*T_p + t)*KB + kk]`` = the weight of output channel
     ``k0 + kk`` (``k0 = min(kb*KB, Kg - KB)``: the last block is shifted back to end at Kg),
     input channel ``c`` and tap ``wtap[p, t]`` (flat ``i*kW + j``) of group ``g``.  ``w`` is
-    (K, Cg, kH, kW) for conv2d and (C, Kg, kH, kW) for conv_transpose2d.  Serial: it is
-    small next to the convolution, and a parallel pass would add a thread barrier.
+    (K, Cg, kH, kW) for conv2d and (C, Kg, kH, kW) for conv_transpose2d.  Blocks of up to
+    ``by_channel_bytes`` are filled one output channel at a time, larger ones in write
+    order (the same stream either way).  Serial, as a parallel pass would add a thread
+    barrier; conv2d layers whose packing would cost about as much as the convolution read
+    their weights in place instead (``_DIRECT_PIXELS``).
     """
     finite = True
     if transposed:
@@ -525,15 +540,26 @@ def _pack_weights(w, transposed, G, KB, nkb, ntap, wtap, wp):
             for kb in range(nkb):
                 k0 = min(kb * KB, Kg - KB)
                 src0 = (g * Cg * Kg + k0) * KK if transposed else (g * Kg + k0) * Cg * KK
-                # written in order (the KB channels of a tap are read from KB rows of w):
-                # scattered writes measured 2 ms for the 4 MB of a 2048->512 1x1 layer
                 dst = wofs + (g * nkb + kb) * Cg * T * KB
+                if T > 1 and Cg * T * KB * w.itemsize <= by_channel_bytes:
+                    # one pass per output channel, reading its weights in order (its writes,
+                    # T at a time, stay in a block small enough for L1/L2)
+                    for kk in range(KB):
+                        for c in range(Cg):
+                            src = src0 + kk * sk + c * sc
+                            for t in range(T):
+                                v = _ld(w, src + wtap[p, t])
+                                finite &= v - v == 0  # False for inf and NaN
+                                _st(wp, dst + (c * T + t) * KB + kk, v)
+                    continue
+                # larger blocks are written in order, the KB channels of a tap read from KB
+                # rows of w at a time
                 for c in range(Cg):
                     for t in range(T):
                         src = src0 + c * sc + wtap[p, t]
                         for kk in range(KB):
                             v = _ld(w, src + kk * sk)
-                            finite &= v - v == 0  # False for inf and NaN
+                            finite &= v - v == 0
                             _st(wp, dst, v)
                             dst += 1
         wofs += G * nkb * Cg * T * KB
@@ -546,13 +572,15 @@ def _pack_weights(w, transposed, G, KB, nkb, ntap, wtap, wp):
 
 @numba.njit(**SERIAL_JIT_OPTIONS)
 def _tile_reduce(proto, first, buf, bofs, bstride, xbuf, x0, RL, itap, tb0, wp, wc, T, WB,
-                 c0, c1, t0, t1, channel_vectors):
+                 c0, c1, t0, t1, channel_vectors, wks):
     """One register tile's share of the reduction, ``buf[bofs:]`` (rows ``bstride`` apart;
     zero first when ``first``) += the sum over channels ``c0 <= c < c1`` and taps
     ``t0 <= t < t1`` of input ``xbuf[x0 + c*RL + itap[tb0 + t] ...]`` times weights
     ``wp[wc + (c*T + t)*WB ...]``.  The row tile vectorises the input (consecutive output
-    pixels) and broadcasts the weights; with ``channel_vectors`` (a constant at every call)
-    the weights are the vectors (``WB`` output channels) and the input is broadcast."""
+    pixels) and broadcasts the weights of its channels ``wks`` apart (1 in the packed
+    stream; ``Cg*kH*kW`` for weights read in place, ``WB = 1``); with ``channel_vectors``
+    the weights are the vectors (``WB`` output channels) and the input is broadcast.
+    ``channel_vectors`` and ``wks`` are constants at every call site."""
     if first:
         acc = tile_zero_like(proto)
     else:
@@ -564,29 +592,36 @@ def _tile_reduce(proto, first, buf, bofs, bstride, xbuf, x0, RL, itap, tb0, wp, 
             if channel_vectors:
                 acc = tile_fma(acc, wp, wo + t * WB, xbuf, xc + itap[tb0 + t], 1)
             else:
-                acc = tile_fma(acc, xbuf, xc + itap[tb0 + t], wp, wo + t * WB, 1)
+                acc = tile_fma(acc, xbuf, xc + itap[tb0 + t], wp, wo + t * WB, wks)
     tile_store(acc, buf, bofs, bstride)
 
 
 @numba.njit(**SERIAL_JIT_OPTIONS)
 def _phase_tiles(proto, xbuf, wp, buf, pb, itap, tb0, T, t0, t1, wg, Cg, CB, kb0, kb1, nxb,
-                 Wt, RL):
+                 Wt, RL, direct_kg):
     """One output phase of one work item: for channel blocks ``kb0 <= kb < kb1``, every
     column tile and reduction block, ``buf[pb + k*Wt + x]`` = sum over (c, t) of
     ``wp[...] * xbuf[c*RL + x + itap[tb0 + t]]``, in ``KB x NV`` register tiles.
 
     The phase has ``T`` taps (the weight stream's stride); only taps ``t0 <= t < t1`` are
-    summed (the caller drops taps that read only zero padding)."""
+    summed (the caller drops taps that read only zero padding).  ``direct_kg > 0`` (a
+    constant at each call site): ``wp`` is conv2d's (K, Cg, kH, kW) weight array itself,
+    ``wg`` its group's first element and ``direct_kg`` the channels per group."""
     KB, NV = tile_dims(proto)
     TW = NV * _lanes_of(buf)
     for c0 in range(0, Cg, CB):
         c1 = min(c0 + CB, Cg)
         for kb in range(kb0, kb1):
-            wk = wg + kb * Cg * T * KB
             for xb in range(nxb):
                 x0 = xb * TW
-                _tile_reduce(proto, c0 == 0, buf, pb + kb * KB * Wt + x0, Wt, xbuf, x0, RL,
-                             itap, tb0, wp, wk, T, KB, c0, c1, t0, t1, False)
+                bofs = pb + kb * KB * Wt + x0
+                if direct_kg > 0:
+                    wk = wg + min(kb * KB, direct_kg - KB) * Cg * T
+                    _tile_reduce(proto, c0 == 0, buf, bofs, Wt, xbuf, x0, RL, itap, tb0, wp,
+                                 wk, T, 1, c0, c1, t0, t1, False, Cg * T)
+                else:
+                    _tile_reduce(proto, c0 == 0, buf, bofs, Wt, xbuf, x0, RL, itap, tb0, wp,
+                                 wg + kb * Cg * T * KB, T, KB, c0, c1, t0, t1, False, 1)
 
 
 @numba.njit(**SERIAL_JIT_OPTIONS)
@@ -618,7 +653,7 @@ def _phase_tiles_cv(proto, xbuf, wp, buf, itap, Tmax, tlo, thi, nr, PS, wg, T, C
                 for xb in range(npx):
                     _tile_reduce(proto, c0 == 0, buf, yy * PS + xb * KP * Kpad + kb * TWc, Kpad,
                                  xbuf, min(xb * KP, ncols - KP), RL, itap, tb0, wp, wk, T, TWc,
-                                 c0, c1, t0, t1, True)
+                                 c0, c1, t0, t1, True, 1)
 
 
 @numba.njit(**SERIAL_JIT_OPTIONS)
@@ -705,18 +740,26 @@ _FORCE_KGROUPS = None
 _SKIP_PADDING = True  # False: every tap is computed, also those on zero-padding rows
 _FORCE_CV = None  # None: choose; False: never; True: the channel-vectorised tile when it applies
 _FORCE_CV_ROWS = None  # output rows per work item of the channel-vectorised tile
+_FORCE_DIRECT = None  # None: choose; True/False: conv2d weights read in place / packed
+#: read conv2d weights in place (no packed stream) when the layer has at most this many
+#: output pixels per batch: each weight is then used by few multiply-adds.  Measured
+#: against packing, 1 thread: 7x7 and 10x10 maps 0.33-0.59 (2048->512 1x1, 512->512 3x3,
+#: 1-2 images) and 0.66-0.73 for 4 images of 7x7; on 14x14 mixed (1x1 layers 0.84-1.19,
+#: 256->256 3x3 1.16-1.18), 28x28 0.94-0.96.
+_DIRECT_PIXELS = 128
 
 
 #: column-phase counts (W strides of conv_transpose2d) with a SIMD interleave epilogue
 _SIMD_INTERLEAVE = (2, 4, 8)
 
 
-def _rows_kernel(KB: int, NV: int, PW: int = 1, cv: bool = False):
+def _rows_kernel(KB: int, NV: int, PW: int = 1, cv: bool = False, direct: bool = False):
     """The row kernel specialised for a ``KB x NV`` register tile and, for conv_transpose2d,
     a W stride with a SIMD epilogue (compiled lazily, cached on disk).  ``cv``: the
     channel-vectorised tile of ``KB`` pixels x ``NV`` vectors of output channels
-    (``_phase_tiles_cv``; conv2d, one column phase)."""
-    key = (KB, NV, PW if PW in _SIMD_INTERLEAVE else 0, bool(cv))
+    (``_phase_tiles_cv``; conv2d, one column phase).  ``direct``: conv2d's weights are
+    read in place instead of from the packed stream (row and flat layouts)."""
+    key = (KB, NV, PW if PW in _SIMD_INTERLEAVE else 0, bool(cv), bool(direct))
     kern = _ROWS_KERNELS.get(key)
     if kern is None:
         kern = _make_rows_kernel(*key)
@@ -724,7 +767,7 @@ def _rows_kernel(KB: int, NV: int, PW: int = 1, cv: bool = False):
     return kern
 
 
-def _make_rows_kernel(KB, NV, PWV, CV):
+def _make_rows_kernel(KB, NV, PWV, CV, WD):
     @numba.njit(**JIT_OPTIONS)
     def rows_kernel(x, wp, bias, out, geo, ptab, trow, tcol, rowoffs, nth):
         N = geo[_N]
@@ -828,7 +871,8 @@ def _make_rows_kernel(KB, NV, PWV, CV):
                             itap[t] = tcol[0, t]
                         nxb_i = (nr * Wq + TW - 1) // TW
                         _phase_tiles(proto, xbuf, wp, buf, 0, itap, 0, T, 0, T,
-                                     g * nkb * Cg * T * CKB, Cg, CB, kb0, kb1, nxb_i, Wt, RL)
+                                     g * Kg * Cg * T if WD else g * nkb * Cg * T * CKB, Cg, CB,
+                                     kb0, kb1, nxb_i, Wt, RL, Kg if WD else 0)
                         for k in range(k_lo, k_hi):
                             bk = bias[g * Kg + k]
                             kbuf = (k if k < klast else k + Kpad - Kg) * Wt
@@ -881,8 +925,9 @@ def _make_rows_kernel(KB, NV, PWV, CV):
                         t0, t1 = _phase_taps(itap, tb0, trow, tcol, p, T, slot_q, padding_q,
                                              rowsz, skip_padding)
                         _phase_tiles(proto, xbuf, wp, buf, pb, itap, tb0, T, t0, t1,
+                                     g * Kg * Cg * T if WD else
                                      ptab[p, _WOFS] + g * nkb * Cg * T * CKB, Cg, CB, kb0, kb1,
-                                     nxb, Wt, RL)
+                                     nxb, Wt, RL, Kg if WD else 0)
                     # bias + interleave the column phases into output row y
                     y = ry + oys * ty
                     nfull = Wo // PW
@@ -1097,13 +1142,25 @@ def _run_rows(x, weight, b, out, *, transposed, G, Cg, Kg, row_phases, col_phase
                      (_SWP, sWp), (_WQ, Wq), (_NS, NS), (_FLAT, 0 if flat is None else flat[0]),
                      (_NKG, NKG), (_CVR, cv_rows)):
         geo[idx] = val
-    # NumPy allocates the packed weights (MBs for wide layers), not the kernel: see _config
-    # (64-byte aligned: the channel-vectorised tile loads whole weight vectors)
-    wp = _aligned_empty(max(wofs, 1), weight.dtype)  # wofs: the total, from the loop above
-    finite = _pack_weights(weight, transposed, G, CKB, nkb, ptab[:, _NTAP].copy(), wtap, wp)
+    # conv2d weights read in place when packing them would cost about as much as the
+    # convolution (few output pixels per weight: 1x1 and 3x3 layers on 7x7 maps)
+    direct = (not transposed and not cv and P == 1
+              and all(wt == t for t, (_, _, wt) in enumerate(taps[0])))
+    if direct:
+        direct = N * Ho * Wo <= _DIRECT_PIXELS if _FORCE_DIRECT is None else _FORCE_DIRECT
+    if direct:
+        wp = np.ascontiguousarray(weight).reshape(-1)
+        # taps on padding rows are only skipped outside the flat layout
+        finite = flat is not None or bool(np.isfinite(wp).all())
+    else:
+        # NumPy allocates the packed weights (MBs for wide layers), not the kernel: see
+        # _config (64-byte aligned: the channel-vectorised tile loads whole weight vectors)
+        wp = _aligned_empty(max(wofs, 1), weight.dtype)  # wofs: the total, from the loop above
+        finite = _pack_weights(weight, transposed, G, CKB, nkb, ptab[:, _NTAP].copy(), wtap, wp)
     # an inf or NaN weight times zero padding is NaN (as in the oracle): then no tap is skipped
     geo[_SKIP] = int(finite and _SKIP_PADDING)
-    _rows_kernel(KB, NV, PW, cv)(x, wp, b, out.reshape(-1), geo, ptab, trow, tcol, rowoffs, nth)
+    _rows_kernel(KB, NV, PW, cv, direct)(x, wp, b, out.reshape(-1), geo, ptab, trow, tcol,
+                                         rowoffs, nth)
     return out
 
 
