@@ -22,11 +22,11 @@ one sequential stream per channel block (conv2d layers with at most ``_DIRECT_PI
 output pixels read them in place instead: packing would cost as much as the convolution).
 The reduction is blocked over input channels so the rows a tile reads stay in L1 while
 every channel block re-uses them; partial sums live in a per-thread row buffer, and bias
-is added when the row is written.  Taps that read a
-row of zero padding (the top and bottom kernel rows of a dilated conv near the border:
-6-36 % of an ASPP branch's multiply-adds on 33x33 to 64x64 maps) are not computed when
-every weight is finite -- they would add exact zeros; an inf/NaN weight must still turn
-the padding into NaN, as in the oracle.
+is added when the row is written.  Taps that read a row of zero padding (the top and
+bottom kernel rows of a dilated conv near the border: 6-36 % of an ASPP branch's
+multiply-adds on 33x33 to 64x64 maps) are not computed when every weight is finite --
+they would add exact zeros; an inf/NaN weight must still turn the padding into NaN, as in
+the oracle.
 
 flat layout (same kernel, ``_choose_flat``): stride-1 conv2d whose width is not a multiple
 of the tile (56 -> 64 columns) or small images (7x7, 14x14): a block of output rows is
@@ -612,16 +612,15 @@ def _phase_tiles(proto, xbuf, wp, buf, pb, itap, tb0, T, t0, t1, wg, Cg, CB, kb0
     for c0 in range(0, Cg, CB):
         c1 = min(c0 + CB, Cg)
         for kb in range(kb0, kb1):
+            if direct_kg > 0:  # rows of the shifted block k0, channels Cg*T apart
+                wk = wg + min(kb * KB, direct_kg - KB) * Cg * T
+            else:  # the block's stream, channels adjacent
+                wk = wg + kb * Cg * T * KB
             for xb in range(nxb):
                 x0 = xb * TW
-                bofs = pb + kb * KB * Wt + x0
-                if direct_kg > 0:
-                    wk = wg + min(kb * KB, direct_kg - KB) * Cg * T
-                    _tile_reduce(proto, c0 == 0, buf, bofs, Wt, xbuf, x0, RL, itap, tb0, wp,
-                                 wk, T, 1, c0, c1, t0, t1, False, Cg * T)
-                else:
-                    _tile_reduce(proto, c0 == 0, buf, bofs, Wt, xbuf, x0, RL, itap, tb0, wp,
-                                 wg + kb * Cg * T * KB, T, KB, c0, c1, t0, t1, False, 1)
+                _tile_reduce(proto, c0 == 0, buf, pb + kb * KB * Wt + x0, Wt, xbuf, x0, RL,
+                             itap, tb0, wp, wk, T, 1 if direct_kg > 0 else KB, c0, c1, t0, t1,
+                             False, Cg * T if direct_kg > 0 else 1)
 
 
 @numba.njit(**SERIAL_JIT_OPTIONS)
@@ -1150,8 +1149,9 @@ def _run_rows(x, weight, b, out, *, transposed, G, Cg, Kg, row_phases, col_phase
         direct = N * Ho * Wo <= _DIRECT_PIXELS if _FORCE_DIRECT is None else _FORCE_DIRECT
     if direct:
         wp = np.ascontiguousarray(weight).reshape(-1)
-        # taps on padding rows are only skipped outside the flat layout
-        finite = flat is not None or bool(np.isfinite(wp).all())
+        # (the finiteness scan only matters where taps on padding rows could be skipped:
+        # the row layout with padding, pt > 0; rows past the image need it too)
+        finite = flat is not None or pt == 0 or bool(np.isfinite(wp).all())
     else:
         # NumPy allocates the packed weights (MBs for wide layers), not the kernel: see
         # _config (64-byte aligned: the channel-vectorised tile loads whole weight vectors)
@@ -1193,7 +1193,7 @@ def conv2d(x, weight, bias, *, stride, padding, dilation, groups, out_hw):
     flat_rows, flat_score = 0, 0.0
     if stride == (1, 1):
         flat_rows, flat_score = _choose_flat(N * G, Cg, Kg, Ho, Wo, (kh - 1) * dH,
-                                             Wo + (kw - 1) * dW, L, dtype.itemsize)
+                                             Wo + (kw - 1) * dW, L, dtype.itemsize, row_score)
     cv = _choose_cv(Kg, Wo, L, max(row_score, flat_score))
     if cv is None and flat_rows:
         return _conv_flat(x, weight, b, out, G, Cg, Kg, flat_rows, padding, dilation, L)
@@ -1243,14 +1243,14 @@ def _choose_cv(Kg: int, Wo: int, L: int, other_score: float):
     return None
 
 
-def _choose_flat(NG, Cg, Kg, Ho, Wo, extra_rows, Wq, L, isz):
+def _choose_flat(NG, Cg, Kg, Ho, Wo, extra_rows, Wq, L, isz, row_score):
     """``(rows, score)``: output rows per work item for the flat layout and its tile score,
     or ``(0, 0.0)`` to use the row layout.
 
     Row tiles cover whole SIMD tiles of one output row (``Wo`` = 56 computes 64 columns);
     the flat layout computes ``Wq = Wo + dW*(kW - 1)`` columns per row instead (and packs
     ``extra_rows`` more input rows per block), so it wins for widths that are not a
-    multiple of the tile and for small images.
+    multiple of the tile and for small images.  ``row_score``: the row tile's score.
     """
     if _FORCE_FLAT is not None:
         return (max(1, min(Ho, _FORCE_FLAT)), 1e9) if _FORCE_FLAT else (0, 0.0)
@@ -1265,7 +1265,6 @@ def _choose_flat(NG, Cg, Kg, Ho, Wo, extra_rows, Wq, L, isz):
         if NG * -(-Ho // R) * kpar < min(4 * nth, NG * Ho * kpar):
             break
         best = R
-    row_score = _choose_tile(Kg, Wo, L)[2]
     flat_score = _choose_tile(Kg, best * Wq, L)[2] * Wo / Wq
     return (best, flat_score) if flat_score > 1.03 * row_score else (0, 0.0)
 
