@@ -29,6 +29,9 @@ def hooks(monkeypatch):
     """Set the kernel-selection hooks for one test; restored afterwards."""
 
     def set_(**kw):
+        if not any(name in ("_USE_POINTWISE", "_FORCE_PW") for name in kw):
+            # row-kernel hooks: 1x1 layers stay on the row kernel too
+            kw.setdefault("_USE_POINTWISE", False)
         for name, value in kw.items():
             monkeypatch.setattr(cpu_conv, name, value)
 
@@ -139,7 +142,9 @@ def test_kernel_larger_than_input_with_padding(dtype):
     run_conv(dtype, 1, 2, 3, 4, 3, 1, 5, 6, padding=(2, 3))
 
 
-def test_one_by_one_and_strided_one_by_one(dtype):
+@pytest.mark.parametrize("pointwise", [True, False])
+def test_one_by_one_and_strided_one_by_one(dtype, hooks, pointwise):
+    hooks(_USE_POINTWISE=pointwise)
     run_conv(dtype, 2, 16, 9, 33, 24, 1, 1, 1)
     run_conv(dtype, 2, 16, 9, 33, 24, 1, 1, 1, stride=(2, 2))
 
@@ -443,6 +448,7 @@ def test_weights_in_place_chosen_for_few_output_pixels(monkeypatch):
         return rows_kernel(*args)
 
     monkeypatch.setattr(cpu_conv, "_rows_kernel", spy)
+    monkeypatch.setattr(cpu_conv, "_USE_POINTWISE", False)
     for hw, direct in ((7, True), (28, False)):
         seen.clear()
         run_conv(np.dtype(np.float32), 1, 32, hw, hw, 40, 1, 1, 1)
@@ -568,3 +574,93 @@ def test_avx2_target_in_subprocess(tmp_path):
     res = subprocess.run([sys.executable, "-c", _AVX2_SCRIPT], env=env, capture_output=True,
                          text=True, timeout=900)
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]
+
+
+# ------------------------------------------------------------ 1x1 kernels: the pointwise GEMM
+
+
+@pytest.mark.parametrize("shape", [
+    # (N, C, H, W, K, groups, stride, padding)
+    (1, 300, 6, 11, 70, 1, (1, 1), (0, 0)),  # several reduction blocks, a masked last tile
+    (2, 24, 7, 7, 13, 1, (1, 1), (0, 0)),  # K % KB != 0: the shifted last channel block
+    (1, 12, 9, 9, 20, 2, (2, 2), (1, 1)),  # groups, strided, zero padding around the image
+    (3, 4, 1, 1, 5, 1, (1, 1), (0, 0)),  # one pixel per image: fewer pixels than lanes
+    (1, 16, 33, 33, 40, 1, (2, 1), (0, 2)),  # padding on one axis only
+    (2, 9, 5, 4, 3, 3, (3, 2), (2, 0)),  # output rows of padding only
+])
+@pytest.mark.parametrize("force", [
+    None,
+    {"KC": 4, "tiles": 1},  # partial sums re-loaded from the output, one tile per item
+    {"KC": 3, "tiles": 2, "kgroups": 3},  # output channels split over items
+    {"tile": (5, 1), "KC": 2},  # many shifted channel blocks x reduction blocks
+    {"tile": (3, 2), "KC": 1},
+])
+def test_pointwise_paths(dtype, hooks, shape, force):
+    """1x1 kernels run as a GEMM over the flat pixels (``_pointwise``): every reduction
+    block after the first re-loads its partial sums from the output, so the rows a shifted
+    last channel block shares with the block before, and the pixels past the image's end,
+    must be neither re-read nor re-written (masked tile I/O)."""
+    N, C, H, W, K, groups, stride, padding = shape
+    hooks(_FORCE_PW=force)
+    run_conv(dtype, N, C, H, W, K, groups, 1, 1, stride, padding)
+    run_conv(dtype, N, C, H, W, K, groups, 1, 1, stride, padding, bias=False, seed=5)
+
+
+def test_pointwise_chosen_for_one_by_one_only(monkeypatch):
+    seen = []
+    pw_kernel = cpu_conv._pw_kernel
+
+    def spy(*args):
+        seen.append(args)
+        return pw_kernel(*args)
+
+    monkeypatch.setattr(cpu_conv, "_pw_kernel", spy)
+    run_conv(np.dtype(np.float32), 1, 8, 5, 6, 4, 1, 1, 1, dilation=(3, 2))
+    assert len(seen) == 1
+    run_conv(np.dtype(np.float32), 1, 8, 5, 6, 4, 1, 3, 1, padding=(1, 0))
+    run_conv(np.dtype(np.float32), 1, 8, 5, 6, 8, 8, 1, 1)  # depthwise kernel
+    assert len(seen) == 1
+    monkeypatch.setattr(cpu_conv, "_USE_POINTWISE", False)
+    run_conv(np.dtype(np.float32), 1, 8, 5, 6, 4, 1, 1, 1)
+    assert len(seen) == 1
+
+
+def test_pointwise_masked_tile_io():
+    """The masked tile load / store touch only rows ``k >= klo`` and columns ``j < n``."""
+    import numba
+
+    @numba.njit
+    def roundtrip(src, dst, klo, n):
+        proto = cpu_conv.tile_zero(src, 3, 2)
+        acc = cpu_conv.tile_load_mask(proto, src, 1, 40, klo, n)
+        cpu_conv.tile_store_mask(acc, dst, 1, 40, klo, n)
+
+    L = cpu_conv._lanes(numba.float32)
+    src = np.arange(200, dtype=np.float32)
+    for klo, n in ((0, 2 * L), (1, L + 3), (2, 1), (3, 5), (0, 0)):
+        dst = np.full(200, -1, dtype=np.float32)
+        roundtrip(src, dst, klo, n)
+        want = np.full(200, -1, dtype=np.float32)
+        for k in range(klo, 3):
+            want[1 + 40 * k:1 + 40 * k + n] = src[1 + 40 * k:1 + 40 * k + n]
+        np.testing.assert_array_equal(dst, want)
+
+
+def test_pointwise_inf_and_nan(hooks):
+    """inf/NaN propagate as in the oracle: an inf weight times zero padding is NaN, an inf
+    input reaches only its own pixel."""
+    hooks(_FORCE_PW={"KC": 3})
+    x = _rand((1, 8, 5, 5), np.float32, 0)
+    x[0, 2, 1, 3] = np.inf
+    x[0, 5, 4, 0] = np.nan
+    w = _rand((6, 8, 1, 1), np.float32, 1)
+    w[1, 3] = np.inf
+    out = cpu_conv.conv2d(x, w, None, stride=(1, 1), padding=(1, 1), dilation=(1, 1),
+                          groups=1, out_hw=(7, 7))
+    ref = reference.conv2d(x, w, None, 1, 1, 1, 1)
+    assert np.isnan(ref[0, 1, 0, 0]) and np.isinf(ref[0, 0, 2, 4])
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+    np.testing.assert_array_equal(np.isposinf(out), np.isposinf(ref))
+    np.testing.assert_array_equal(np.isneginf(out), np.isneginf(ref))
+    finite = np.isfinite(ref)
+    np.testing.assert_allclose(out[finite], ref[finite], rtol=1e-5, atol=1e-5)

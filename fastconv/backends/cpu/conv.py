@@ -52,6 +52,12 @@ depthwise kernel (``C_in/groups == 1``): each item pads one channel plane into a
 L1-sized buffer and runs the tile over (channel multiplier, pixels) straight into the
 output: the op streams its input and output once.
 
+pointwise kernel (1x1 kernels, ``_pointwise``): a GEMM over the image's pixels taken as
+one flat run.  An item packs, per block of 128 input channels, a panel of a few SIMD tiles
+of pixels (strided / padded input gathered there) and runs the tile over (output channels,
+pixels) with the weights read in place, accumulating in the output itself; masked tile
+loads and stores keep the image's last pixels and the shifted last channel block exact.
+
 Threads
 -------
 One ``prange`` region per call.  Items are split into one contiguous range per thread
@@ -269,44 +275,82 @@ def tile_store(typingctx, acc, buf, base, kstride):
     return types.none(acc, buf, base, kstride), codegen
 
 
-def _masked_store(builder, val, ptr, mask):
-    vecty = val.type
+def _masked_io(builder, vecty, ptr, mask, val=None):
+    """``llvm.masked.store`` of ``val`` (or, without ``val``, ``llvm.masked.load`` with
+    zeros in the masked-off lanes) at ``ptr``: lanes off the mask touch no memory."""
     suffix = "f32" if isinstance(vecty.element, ir.FloatType) else "f64"
     masky = ir.VectorType(ir.IntType(1), vecty.count)
-    fnty = ir.FunctionType(ir.VoidType(), [vecty, vecty.as_pointer(), ir.IntType(32), masky])
-    name = f"llvm.masked.store.v{vecty.count}{suffix}.p0"
+    align = ir.Constant(ir.IntType(32), 1)
+    if val is not None:
+        fnty = ir.FunctionType(ir.VoidType(), [vecty, vecty.as_pointer(), ir.IntType(32), masky])
+        name = f"llvm.masked.store.v{vecty.count}{suffix}.p0"
+        fn = cgutils.get_or_insert_function(builder.module, fnty, name)
+        return builder.call(fn, [val, ptr, align, mask])
+    fnty = ir.FunctionType(vecty, [vecty.as_pointer(), ir.IntType(32), masky, vecty])
+    name = f"llvm.masked.load.v{vecty.count}{suffix}.p0"
     fn = cgutils.get_or_insert_function(builder.module, fnty, name)
-    builder.call(fn, [val, ptr, ir.Constant(ir.IntType(32), 1), mask])
+    return builder.call(fn, [ptr, align, mask, ir.Constant(vecty, None)])
+
+
+def _tile_masked_codegen(context, builder, tt, aryty, bufv, b, ks, klo, nn, accv=None):
+    """Masked tile I/O at ``buf[b + k*ks + v*L + l]``, only for rows ``k >= klo`` and
+    columns ``v*L + l < nn``: stores ``accv`` when given, else returns the loaded tile
+    (zeros elsewhere)."""
+    L = _lanes(tt.dtype)
+    vecty = _tile_vecty(context, tt)
+    lanes = ir.VectorType(_I64, L)
+    lane = ir.Constant(lanes, list(range(L)))
+    nvec = _splat(builder, nn, lanes)
+    colmask = [builder.icmp_signed("<", builder.add(lane, ir.Constant(lanes, [v * L] * L)),
+                                   nvec) for v in range(tt.nv)]
+    masky = ir.VectorType(ir.IntType(1), L)
+    acc = ir.Constant(context.get_value_type(tt), None)
+    for k in range(tt.kb):
+        row = builder.add(b, builder.mul(ks, _c64(k)))
+        rowon = _splat(builder, builder.icmp_signed("<=", klo, _c64(k)), masky)
+        for v in range(tt.nv):
+            p = _vec_ptr(builder, _data_ptr(context, builder, aryty, bufv,
+                                            builder.add(row, _c64(v * L))), vecty)
+            mask = builder.and_(colmask[v], rowon)
+            if accv is None:
+                acc = builder.insert_value(acc, _masked_io(builder, vecty, p, mask),
+                                           k * tt.nv + v)
+            else:
+                _masked_io(builder, vecty, p, mask, builder.extract_value(accv, k * tt.nv + v))
+    return acc if accv is None else context.get_dummy_value()
+
+
+def _masked_args(builder, sig, args):
+    """``(base, kstride, klo, n)`` of a masked tile intrinsic as i64 values."""
+    return [_as_i64(builder, v, t) for v, t in zip(args[2:6], sig.args[2:6], strict=True)]
 
 
 @intrinsic
-def tile_store_n(typingctx, acc, buf, base, kstride, n):
-    """``buf[base + k*kstride + j] = acc[k, j // L][j % L]`` for ``j < n`` only (masked tail)."""
+def tile_store_mask(typingctx, acc, buf, base, kstride, klo, n):
+    """``buf[base + k*kstride + j] = acc[k, j // L][j % L]`` for rows ``k >= klo`` and
+    columns ``j < n`` only (a masked store: nothing else is written)."""
     if not isinstance(acc, TileType):
         return None
 
     def codegen(context, builder, sig, args):
-        tt = sig.args[0]
-        accv, bufv, b, ks, nn = args
-        b = _as_i64(builder, b, sig.args[2])
-        ks = _as_i64(builder, ks, sig.args[3])
-        nn = _as_i64(builder, nn, sig.args[4])
-        L = _lanes(tt.dtype)
-        vecty = _tile_vecty(context, tt)
-        lane = ir.Constant(ir.VectorType(_I64, L), list(range(L)))
-        nvec = _splat(builder, nn, ir.VectorType(_I64, L))
-        for v in range(tt.nv):
-            # lanes j = v*L + l with j < n
-            first = ir.Constant(ir.VectorType(_I64, L), [v * L] * L)
-            mask = builder.icmp_signed("<", builder.add(lane, first), nvec)
-            for k in range(tt.kb):
-                row = builder.add(b, builder.mul(ks, _c64(k)))
-                p = _data_ptr(context, builder, sig.args[1], bufv, builder.add(row, _c64(v * L)))
-                val = builder.extract_value(accv, k * tt.nv + v)
-                _masked_store(builder, val, _vec_ptr(builder, p, vecty), mask)
-        return context.get_dummy_value()
+        return _tile_masked_codegen(context, builder, sig.args[0], sig.args[1], args[1],
+                                    *_masked_args(builder, sig, args), args[0])
 
-    return types.none(acc, buf, base, kstride, n), codegen
+    return types.none(acc, buf, base, kstride, klo, n), codegen
+
+
+@intrinsic
+def tile_load_mask(typingctx, like, buf, base, kstride, klo, n):
+    """``tile_load`` of rows ``k >= klo`` and columns ``j < n`` only (zeros elsewhere; no
+    other memory is read)."""
+    if not isinstance(like, TileType):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _tile_masked_codegen(context, builder, sig.args[0], sig.args[1], args[1],
+                                    *_masked_args(builder, sig, args))
+
+    return like(like, buf, base, kstride, klo, n), codegen
 
 
 @intrinsic
@@ -452,6 +496,24 @@ def _next_item(typingctx, counter):
         return builder.atomic_rmw("add", p, _c64(1), "monotonic")
 
     return types.int64(counter), codegen
+
+
+@numba.njit(**SERIAL_JIT_OPTIONS)
+def _take_item(counters, worker, nitems, state):
+    """The next work item for ``worker`` of ``counters.size`` (-1 when none is left).
+
+    Worker ``w`` owns items ``[w*nitems/nw, (w+1)*nitems/nw)`` and takes them in order
+    (consecutive items re-use what it has cached); once they are gone it takes the
+    remaining items of the other ranges, so a thread the OS deschedules holds back no
+    work.  ``state[0]`` (0 at the start) is the range being drained."""
+    nw = counters.size
+    while state[0] < nw:
+        owner = (worker + state[0]) % nw
+        item = owner * nitems // nw + _next_item(counters[owner:owner + 1])
+        if item < (owner + 1) * nitems // nw:
+            return item
+        state[0] += 1
+    return -1
 
 
 # --------------------------------------------------------------------------------------
@@ -812,10 +874,8 @@ def _make_rows_kernel(KB, NV, PWV, CV, WD):
         PS = Kpad * Wt  # row-buffer size of one column phase
         nitems = N * G * NKG * PH * Ty_max
         nworkers = min(nitems, nth)
-        # work distribution: worker w owns items [w*nitems/nw, (w+1)*nitems/nw) and takes
-        # them in order (consecutive output rows reuse its cached packed rows); a worker
-        # that is done takes the remaining items of the others, so a thread the OS
-        # deschedules holds back no work
+        # work distribution (_take_item): contiguous ranges of items per worker, so
+        # consecutive output rows re-use its cached packed rows
         counters = np.zeros(nworkers, dtype=np.int64)
         for worker in numba.prange(nworkers):
             # ring of packed input rows: packed row r of (n, g) lives in slot key % NS,
@@ -836,122 +896,119 @@ def _make_rows_kernel(KB, NV, PWV, CV, WD):
             tlo = np.empty(RB, dtype=np.int64)
             thi = np.empty(RB, dtype=np.int64)
             proto = tile_zero(out, KB, NV)
-            for v in range(nworkers):
-                owner = (worker + v) % nworkers
-                lo = owner * nitems // nworkers
-                hi = (owner + 1) * nitems // nworkers
-                while True:
-                    item = lo + _next_item(counters[owner:owner + 1])
-                    if item >= hi:
-                        break
-                    # item = (((n*G + g)*NKG + kg)*PH + ry)*Ty_max + ty: output row
-                    # y = ry + oys*ty, channel blocks [kb0, kb1) (flat mode: output rows
-                    # [ty*flat_rows, ty*flat_rows + flat_rows))
-                    ty = item % Ty_max
-                    rest = item // Ty_max
-                    ry = rest % PH
-                    rest = rest // PH
-                    kg = rest % NKG
-                    rest = rest // NKG
-                    g = rest % G
-                    n = rest // G
-                    p0 = ry * PW
-                    kb0 = kg * KBG
-                    kb1 = min(nkb, kb0 + KBG)
-                    # output channels of this item (the last block is shifted to end at Kg)
-                    k_lo = kb0 * CKB
-                    k_hi = Kg if kb1 == nkb else kb1 * CKB
-                    if flat_rows > 0:
-                        y0 = ty * flat_rows
-                        nr = min(flat_rows, Ho - y0)
-                        T = ptab[0, _NTAP]
-                        _pack_block(x, xbuf, n, g, G, y0, nr + Hrows, pt, pl, Wq, RL)
-                        for t in range(T):
-                            itap[t] = tcol[0, t]
-                        nxb_i = (nr * Wq + TW - 1) // TW
-                        _phase_tiles(proto, xbuf, wp, buf, 0, itap, 0, T, 0, T,
-                                     g * Kg * Cg * T if WD else g * nkb * Cg * T * CKB, Cg, CB,
-                                     kb0, kb1, nxb_i, Wt, RL, Kg if WD else 0)
-                        for k in range(k_lo, k_hi):
-                            bk = bias[g * Kg + k]
-                            kbuf = (k if k < klast else k + Kpad - Kg) * Wt
-                            for yy in range(nr):
-                                obase = ((n * K + g * Kg + k) * Ho + y0 + yy) * Wo
-                                fb = kbuf + yy * Wq
-                                for xx in range(Wo):
-                                    _st(out, obase + xx, _ld(buf, fb + xx) + bk)
-                        continue
-                    if ty >= ptab[p0, _TY]:
-                        continue
-                    kbase = (n * G + g) * Hrows
-                    if CV:
-                        # output rows [y0, y0 + nr); one column phase (conv2d)
-                        y0 = ty * cv_rows
-                        nr = min(cv_rows, Ho - y0)
-                        T = ptab[0, _NTAP]
-                        for yy in range(nr):
-                            _ring_pack(x, xbuf, tags, slot_q, padding_q, rowoffs, 0,
-                                       (y0 + yy) * pstep, kbase, NS, rowsz, n, g, G, pt, pl,
-                                       sWp, Wq)
-                            tlo[yy], thi[yy] = _phase_taps(itap, yy * Tmax, trow, tcol, 0, T,
-                                                           slot_q, padding_q, rowsz,
-                                                           skip_padding)
-                        _phase_tiles_cv(proto, xbuf, wp, buf, itap, Tmax, tlo, thi, nr, PS,
-                                        ptab[0, _WOFS] + g * nkb * Cg * T * CKB, T, Cg, CB,
-                                        kb0, kb1, Wo, Kpad, RL)
-                        # bias + transpose the pixel-major buffer into the output rows;
-                        # pixels of the last (shifted) tile sit past xlast
-                        for yy in range(nr):
-                            for k in range(k_lo, k_hi):
-                                bk = bias[g * Kg + k]
-                                obase = ((n * K + g * Kg + k) * Ho + y0 + yy) * Wo
-                                kcol = yy * PS + (k if k < klast else k + Kpad - Kg)
-                                for xx in range(Wo):
-                                    bx = xx if xx < xlast else xx + Wt - Wo
-                                    _st(out, obase + xx, _ld(buf, kcol + bx * Kpad) + bk)
-                        continue
-                    _ring_pack(x, xbuf, tags, slot_q, padding_q, rowoffs, ry, ty * pstep, kbase,
-                               NS, rowsz, n, g, G, pt, pl, sWp, Wq)
-                    for rx in range(PW):
-                        p = p0 + rx
-                        T = ptab[p, _NTAP]
-                        pb = rx * PS
-                        if Cg == 0 or T == 0:
-                            for q in range(PS):
-                                _st(buf, pb + q, 0)
-                            continue
-                        tb0 = rx * Tmax
-                        t0, t1 = _phase_taps(itap, tb0, trow, tcol, p, T, slot_q, padding_q,
-                                             rowsz, skip_padding)
-                        _phase_tiles(proto, xbuf, wp, buf, pb, itap, tb0, T, t0, t1,
-                                     g * Kg * Cg * T if WD else
-                                     ptab[p, _WOFS] + g * nkb * Cg * T * CKB, Cg, CB, kb0, kb1,
-                                     nxb, Wt, RL, Kg if WD else 0)
-                    # bias + interleave the column phases into output row y
-                    y = ry + oys * ty
-                    nfull = Wo // PW
+            state = np.zeros(1, dtype=np.int64)
+            while True:
+                item = _take_item(counters, worker, nitems, state)
+                if item < 0:
+                    break
+                # item = (((n*G + g)*NKG + kg)*PH + ry)*Ty_max + ty: output row
+                # y = ry + oys*ty, channel blocks [kb0, kb1) (flat mode: output rows
+                # [ty*flat_rows, ty*flat_rows + flat_rows))
+                ty = item % Ty_max
+                rest = item // Ty_max
+                ry = rest % PH
+                rest = rest // PH
+                kg = rest % NKG
+                rest = rest // NKG
+                g = rest % G
+                n = rest // G
+                p0 = ry * PW
+                kb0 = kg * KBG
+                kb1 = min(nkb, kb0 + KBG)
+                # output channels of this item (the last block is shifted to end at Kg)
+                k_lo = kb0 * CKB
+                k_hi = Kg if kb1 == nkb else kb1 * CKB
+                if flat_rows > 0:
+                    y0 = ty * flat_rows
+                    nr = min(flat_rows, Ho - y0)
+                    T = ptab[0, _NTAP]
+                    _pack_block(x, xbuf, n, g, G, y0, nr + Hrows, pt, pl, Wq, RL)
+                    for t in range(T):
+                        itap[t] = tcol[0, t]
+                    nxb_i = (nr * Wq + TW - 1) // TW
+                    _phase_tiles(proto, xbuf, wp, buf, 0, itap, 0, T, 0, T,
+                                 g * Kg * Cg * T if WD else g * nkb * Cg * T * CKB, Cg, CB,
+                                 kb0, kb1, nxb_i, Wt, RL, Kg if WD else 0)
                     for k in range(k_lo, k_hi):
                         bk = bias[g * Kg + k]
-                        obase = ((n * K + g * Kg + k) * Ho + y) * Wo
                         kbuf = (k if k < klast else k + Kpad - Kg) * Wt
-                        if PW == 1:
+                        for yy in range(nr):
+                            obase = ((n * K + g * Kg + k) * Ho + y0 + yy) * Wo
+                            fb = kbuf + yy * Wq
                             for xx in range(Wo):
-                                _st(out, obase + xx, _ld(buf, kbuf + xx) + bk)
-                        else:
-                            tx0 = 0
-                            if PWV == PW:
-                                # SIMD interleave of L columns of every phase at a time
-                                while tx0 + L <= nfull:
-                                    _interleave_store(out, obase + tx0 * PW, buf, kbuf + tx0, PS,
-                                                      bk, PWV)
-                                    tx0 += L
-                            for tx in range(tx0, nfull):
-                                for rx in range(PW):
-                                    v = _ld(buf, rx * PS + kbuf + tx) + bk
-                                    _st(out, obase + tx * PW + rx, v)
-                            for rx in range(Wo - nfull * PW):
-                                v = _ld(buf, rx * PS + kbuf + nfull) + bk
-                                _st(out, obase + nfull * PW + rx, v)
+                                _st(out, obase + xx, _ld(buf, fb + xx) + bk)
+                    continue
+                if ty >= ptab[p0, _TY]:
+                    continue
+                kbase = (n * G + g) * Hrows
+                if CV:
+                    # output rows [y0, y0 + nr); one column phase (conv2d)
+                    y0 = ty * cv_rows
+                    nr = min(cv_rows, Ho - y0)
+                    T = ptab[0, _NTAP]
+                    for yy in range(nr):
+                        _ring_pack(x, xbuf, tags, slot_q, padding_q, rowoffs, 0,
+                                   (y0 + yy) * pstep, kbase, NS, rowsz, n, g, G, pt, pl,
+                                   sWp, Wq)
+                        tlo[yy], thi[yy] = _phase_taps(itap, yy * Tmax, trow, tcol, 0, T,
+                                                       slot_q, padding_q, rowsz,
+                                                       skip_padding)
+                    _phase_tiles_cv(proto, xbuf, wp, buf, itap, Tmax, tlo, thi, nr, PS,
+                                    ptab[0, _WOFS] + g * nkb * Cg * T * CKB, T, Cg, CB,
+                                    kb0, kb1, Wo, Kpad, RL)
+                    # bias + transpose the pixel-major buffer into the output rows;
+                    # pixels of the last (shifted) tile sit past xlast
+                    for yy in range(nr):
+                        for k in range(k_lo, k_hi):
+                            bk = bias[g * Kg + k]
+                            obase = ((n * K + g * Kg + k) * Ho + y0 + yy) * Wo
+                            kcol = yy * PS + (k if k < klast else k + Kpad - Kg)
+                            for xx in range(Wo):
+                                bx = xx if xx < xlast else xx + Wt - Wo
+                                _st(out, obase + xx, _ld(buf, kcol + bx * Kpad) + bk)
+                    continue
+                _ring_pack(x, xbuf, tags, slot_q, padding_q, rowoffs, ry, ty * pstep, kbase,
+                           NS, rowsz, n, g, G, pt, pl, sWp, Wq)
+                for rx in range(PW):
+                    p = p0 + rx
+                    T = ptab[p, _NTAP]
+                    pb = rx * PS
+                    if Cg == 0 or T == 0:
+                        for q in range(PS):
+                            _st(buf, pb + q, 0)
+                        continue
+                    tb0 = rx * Tmax
+                    t0, t1 = _phase_taps(itap, tb0, trow, tcol, p, T, slot_q, padding_q,
+                                         rowsz, skip_padding)
+                    _phase_tiles(proto, xbuf, wp, buf, pb, itap, tb0, T, t0, t1,
+                                 g * Kg * Cg * T if WD else
+                                 ptab[p, _WOFS] + g * nkb * Cg * T * CKB, Cg, CB, kb0, kb1,
+                                 nxb, Wt, RL, Kg if WD else 0)
+                # bias + interleave the column phases into output row y
+                y = ry + oys * ty
+                nfull = Wo // PW
+                for k in range(k_lo, k_hi):
+                    bk = bias[g * Kg + k]
+                    obase = ((n * K + g * Kg + k) * Ho + y) * Wo
+                    kbuf = (k if k < klast else k + Kpad - Kg) * Wt
+                    if PW == 1:
+                        for xx in range(Wo):
+                            _st(out, obase + xx, _ld(buf, kbuf + xx) + bk)
+                    else:
+                        tx0 = 0
+                        if PWV == PW:
+                            # SIMD interleave of L columns of every phase at a time
+                            while tx0 + L <= nfull:
+                                _interleave_store(out, obase + tx0 * PW, buf, kbuf + tx0, PS,
+                                                  bk, PWV)
+                                tx0 += L
+                        for tx in range(tx0, nfull):
+                            for rx in range(PW):
+                                v = _ld(buf, rx * PS + kbuf + tx) + bk
+                                _st(out, obase + tx * PW + rx, v)
+                        for rx in range(Wo - nfull * PW):
+                            v = _ld(buf, rx * PS + kbuf + nfull) + bk
+                            _st(out, obase + nfull * PW + rx, v)
 
     return rows_kernel
 
@@ -1189,6 +1246,8 @@ def conv2d(x, weight, bias, *, stride, padding, dilation, groups, out_hw):
     if Cg == 1 and _USE_DEPTHWISE:
         return _depthwise(x, weight, b, out, stride, padding, dilation)
     L = VEC_BYTES // dtype.itemsize
+    if kh == kw == 1 and _USE_POINTWISE:
+        return _pointwise(x, weight, b, out, G, stride, padding, L)
     KB, NV, row_score = _choose_tile(Kg, Wo, L)
     flat_rows, flat_score = 0, 0.0
     if stride == (1, 1):
@@ -1429,7 +1488,7 @@ def _make_dw_kernel(KB, NV):
                             acc = tile_bcast(tile_zero(out, KB, NV), bias, k0, 1)
                             for t in range(T):
                                 acc = tile_fma(acc, buf, xrow + x0 + _ld(tapoff, t), w, wb + t, T)
-                            tile_store_n(acc, out, obase + x0, Ho * Wo, Wo - x0)
+                            tile_store_mask(acc, out, obase + x0, Ho * Wo, 0, Wo - x0)
 
     return dw_kernel
 
@@ -1457,4 +1516,216 @@ def _depthwise(x, weight, b, out, stride, padding, dilation):
     tapoff = ti * dH * (sW * Wq) + ((tj * dW) % sW) * Wq + (tj * dW) // sW
     geo = np.array([m, Ho, Wo, sH, sW, pH, pW, Hp, Wq], dtype=np.int64)
     _dw_kernel(KB, NV)(x, weight.reshape(-1), b, out, geo, tapoff, numba.get_num_threads())
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# pointwise (1x1 kernels): a GEMM over the pixels
+# --------------------------------------------------------------------------------------
+
+_PW_KERNELS: dict = {}
+_USE_POINTWISE = True  # test hook: False routes 1x1 kernels through the row kernel
+_FORCE_PW = None  # test hook: {"tile": (KB, NV), "KC": ..., "tiles": ..., "kgroups": ...}
+#: input channels per reduction block: a block's panel of KC x TW pixels (24-32 KB for
+#: float32 and 48-64-pixel tiles) stays in L1 while every output-channel block re-uses it
+_PW_KC = 128
+#: SIMD tiles of pixels per work item; the item's panel (KC x tiles x TW) stays in L2
+_PW_TILES = 4
+#: work items per thread below which output channels are split over items too (each
+#: such item re-packs the panel)
+_PW_ITEMS = 4
+
+
+def _pw_kernel(KB: int, NV: int):
+    key = (KB, NV)
+    kern = _PW_KERNELS.get(key)
+    if kern is None:
+        kern = _make_pw_kernel(*key)
+        _PW_KERNELS[key] = kern
+    return kern
+
+
+@numba.njit(**SERIAL_JIT_OPTIONS)
+def _pack_pixels(x, pan, pofs, n, cg0, c0, c1, q0, q1, TW, KC, Wo, sH, sW, pH, pW):
+    """The panel of one reduction block: ``pan[pofs + (j*KC + c - c0)*TW + i]`` = the input
+    pixel under output pixel ``q = q0 + j*TW + i`` (flat index ``y*Wo + x``) of channel
+    ``cg0 + c``, for ``c0 <= c < c1``; zero for ``q >= q1`` and outside the image.  Every
+    SIMD tile of pixels then reads its KC channels from one contiguous, aligned run."""
+    N, C, H, W = x.shape
+    nt = (q1 - q0 + TW - 1) // TW
+    contiguous = sH == 1 and sW == 1 and pH == 0 and pW == 0
+    # output columns whose input column x*sW - pW lies inside the image
+    x_lo = (pW + sW - 1) // sW
+    x_hi = max(x_lo, (W - 1 + pW) // sW + 1)
+    for c in range(c0, c1):
+        src = (n * C + cg0 + c) * H * W
+        for j in range(nt):
+            dst = pofs + (j * KC + c - c0) * TW
+            a = q0 + j * TW
+            m = min(TW, q1 - a)
+            if contiguous:  # output pixel q reads input pixel q
+                for i in range(m):
+                    _st(pan, dst + i, _ld(x, src + a + i))
+            else:  # row by row: zeros outside the image, strided columns inside
+                i = 0
+                while i < m:
+                    y = (a + i) // Wo
+                    xa = a + i - y * Wo
+                    xb = min(Wo, xa + m - i)
+                    h = y * sH - pH
+                    if h < 0 or h >= H:
+                        for xx in range(xa, xb):
+                            _st(pan, dst + i + xx - xa, 0)
+                    else:
+                        row = src + h * W - pW
+                        lo = min(xb, max(xa, x_lo))
+                        hi = max(lo, min(xb, x_hi))
+                        for xx in range(xa, lo):
+                            _st(pan, dst + i + xx - xa, 0)
+                        for xx in range(lo, hi):
+                            _st(pan, dst + i + xx - xa, _ld(x, row + xx * sW))
+                        for xx in range(hi, xb):
+                            _st(pan, dst + i + xx - xa, 0)
+                    i += xb - xa
+            for i in range(m, TW):
+                _st(pan, dst + i, 0)
+
+
+@numba.njit(**SERIAL_JIT_OPTIONS)
+def _pw_tile(proto, out, obase, P, klo, nval, first, bias, kbias, pan, xo, w, wk, Cg, nc):
+    """One ``KB x NV`` tile of output channels x pixels, accumulated in place in the output
+    (``out[obase + k*P + j]``): starts from the bias on the first reduction block, else from
+    the partial sums there, and adds ``nc`` channels of the panel (``pan[xo + c*TW:]``)
+    times the weights ``w[wk + k*Cg + c]`` (conv2d's (K, Cg) weights, read in place).  Rows
+    ``k < klo`` (computed by the block before a shifted last block) and pixels
+    ``j >= nval`` are neither read nor written."""
+    KB, NV = tile_dims(proto)
+    TW = NV * _lanes_of(out)
+    full = klo == 0 and nval == TW
+    if first:
+        acc = tile_bcast(proto, bias, kbias, 1)
+    elif full:
+        acc = tile_load(proto, out, obase, P)
+    else:
+        acc = tile_load_mask(proto, out, obase, P, klo, nval)
+    for c in range(nc):
+        acc = tile_fma(acc, pan, xo + c * TW, w, wk + c, Cg)
+    if full:
+        tile_store(acc, out, obase, P)
+    else:
+        tile_store_mask(acc, out, obase, P, klo, nval)
+
+
+def _make_pw_kernel(KB, NV):
+    @numba.njit(**JIT_OPTIONS)
+    def pw_kernel(x, w, bias, out, geo, pan, nth):
+        N = geo[0]
+        G = geo[1]
+        Cg = geo[2]
+        Kg = geo[3]
+        nkb = geo[4]
+        Ho = geo[5]
+        Wo = geo[6]
+        sH = geo[7]
+        sW = geo[8]
+        pH = geo[9]
+        pW = geo[10]
+        KC = geo[11]
+        NT = geo[12]  # SIMD tiles of pixels per item
+        npb = geo[13]  # items (pixel blocks) per image
+        NKG = geo[14]  # output-channel groups: kblocks [kg*KBG, (kg+1)*KBG)
+        PAN = geo[15]  # panel elements per worker
+        L = _lanes_of(out)
+        TW = NV * L
+        P = Ho * Wo
+        K = G * Kg
+        KBG = (nkb + NKG - 1) // NKG
+        nitems = NKG * N * G * npb
+        nworkers = min(nitems, nth)
+        # work distribution (_take_item): contiguous ranges of items per worker, so
+        # consecutive items share an output-channel group, whose weights stay cached
+        counters = np.zeros(nworkers, dtype=np.int64)
+        for worker in numba.prange(nworkers):
+            pofs = worker * PAN
+            proto = tile_zero(out, KB, NV)
+            state = np.zeros(1, dtype=np.int64)
+            while True:
+                item = _take_item(counters, worker, nitems, state)
+                if item < 0:
+                    break
+                # item = ((kg*N + n)*G + g)*npb + pb
+                pb = item % npb
+                ng = (item // npb) % (N * G)
+                kg = item // (npb * N * G)
+                kb0 = kg * KBG
+                kb1 = min(nkb, kb0 + KBG)
+                q0 = pb * NT * TW
+                q1 = min(P, q0 + NT * TW)
+                nt = (q1 - q0 + TW - 1) // TW
+                n = ng // G
+                g = ng % G
+                for c0 in range(0, Cg, KC):
+                    c1 = min(c0 + KC, Cg)
+                    _pack_pixels(x, pan, pofs, n, g * Cg, c0, c1, q0, q1, TW, KC, Wo, sH,
+                                 sW, pH, pW)
+                    for j in range(nt):
+                        q = q0 + j * TW
+                        for kb in range(kb0, kb1):
+                            # the last block is shifted back to end at Kg
+                            k0 = min(kb * KB, Kg - KB)
+                            k = g * Kg + k0
+                            _pw_tile(proto, out, (n * K + k) * P + q, P, kb * KB - k0,
+                                     min(TW, P - q), c0 == 0, bias, k, pan,
+                                     pofs + j * KC * TW, w, k * Cg + c0, Cg, c1 - c0)
+
+    return pw_kernel
+
+
+def _pointwise(x, weight, b, out, G, stride, padding, L):
+    """conv2d with a 1x1 kernel: per image and group a GEMM ``out[k, q] = b[k] + sum_c
+    w[k, c] * x[c, pixel under q]`` over the ``Ho*Wo`` output pixels, taken as one flat run
+    (no row ends, nothing to pad but the image's last tile).
+
+    Work item: a block of ``NT`` SIMD tiles of pixels (and a group of output-channel
+    blocks when the images give too few items).  Per reduction block of ``KC`` input
+    channels it packs the pixels' panel (``_pack_pixels``: contiguous, aligned, zero past
+    the end) and runs every ``KB x NV`` tile over it, accumulating in the output itself.
+    The weights are read in place.
+    """
+    N = x.shape[0]
+    K, Cg = weight.shape[:2]
+    Kg = K // G
+    Ho, Wo = out.shape[2:]
+    P = Ho * Wo
+    KB, NV, _ = _choose_tile(Kg, P, L)
+    force = _FORCE_PW or {}
+    if "tile" in force:
+        KB, NV = min(force["tile"][0], Kg), force["tile"][1]
+    TW = NV * L
+    nkb = -(-Kg // KB)
+    # reduction blocks of at most _PW_KC channels, balanced
+    KC = force.get("KC", _PW_KC)
+    KC = -(-Cg // -(-Cg // KC))
+    ntiles = -(-P // TW)
+    NT = force.get("tiles", _PW_TILES)
+    NT = -(-ntiles // -(-ntiles // NT))
+    npb = -(-ntiles // NT)
+    nth = numba.get_num_threads()
+    # split output channels over items when the pixels give too few, or when the weights
+    # do not fit one core's L2 (one slice per thread)
+    items = N * G * npb
+    NKG = 1
+    if items < _PW_ITEMS * nth:
+        NKG = -(-_PW_ITEMS * nth // items)
+    if nth > 1 and K * Cg * x.dtype.itemsize > _L2_BYTES:
+        NKG = max(NKG, nth)
+    NKG = force.get("kgroups", NKG)
+    NKG = max(1, min(nkb, NKG))
+    NKG = -(-nkb // -(-nkb // NKG))
+    PAN = -(-(KC * NT * TW) // 16) * 16  # whole cache lines per worker
+    pan = _aligned_empty(nth * PAN, x.dtype)
+    geo = np.array([N, G, Cg, Kg, nkb, Ho, Wo, stride[0], stride[1], padding[0], padding[1],
+                    KC, NT, npb, NKG, PAN], dtype=np.int64)
+    _pw_kernel(KB, NV)(x, np.ascontiguousarray(weight).reshape(-1), b, out.reshape(-1), geo,
+                       pan, nth)
     return out
