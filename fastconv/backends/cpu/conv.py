@@ -73,6 +73,8 @@ zero-padded convolution, so an infinite weight next to the border gives NaN).
 
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 from llvmlite import ir
@@ -1053,6 +1055,7 @@ def _tile_eff(acc: int) -> float:
     return 0.3
 
 
+@functools.lru_cache(maxsize=4096)  # a pure function of its arguments, called per conv call
 def _choose_tile(Kg: int, ncols: int, L: int, max_tw: int | None = None
                  ) -> tuple[int, int, float]:
     """Register tile ``(KB, NV, score)`` for ``Kg`` output channels and ``ncols`` output
