@@ -1087,14 +1087,39 @@ def _choose_nv(ncols: int, L: int) -> int:
     return min((4, 3, 2), key=lambda nv: (-(-V // nv) * nv - V, -nv))
 
 
+def _even_split(n: int, most: int) -> int:
+    """``ceil(n / ceil(n / most))``: cutting ``n`` into as few pieces of at most ``most`` as
+    possible, the piece size that makes them even (read the other way: splitting ``n``
+    into ``most`` shares of ``ceil(n / most)``, the number of shares actually used)."""
+    return -(-n // -(-n // max(1, most)))
+
+
+#: work items per thread below which output channels are split over items too
+_ITEMS_PER_THREAD = 4
+
+
+def _channel_groups(nkb: int, items: int, weight_bytes: int, nth: int, force=None) -> int:
+    """Output-channel groups: how many work items share the ``nkb`` channel blocks of one
+    (image, group, rows or pixels).  More than one when the images give fewer than
+    ``_ITEMS_PER_THREAD`` items per thread (small images), and one slice per thread when
+    the weights do not fit one core's L2 (each slice stays L2-resident: measured +3 % on
+    dilated_aspp with 2 threads).  Every such item re-packs its input, so no more are
+    made than that (splitting to keep each group's weights in L2 with 1 thread was
+    measured slower).  ``force``: a test hook's value."""
+    groups = 1
+    if items < _ITEMS_PER_THREAD * nth:
+        groups = -(-_ITEMS_PER_THREAD * nth // items)
+    if nth > 1 and weight_bytes > _L2_BYTES:
+        groups = max(groups, nth)
+    if force is not None:
+        groups = force
+    return _even_split(nkb, max(1, min(nkb, groups)))
+
+
 def _choose_cb(Cg: int, row_bytes: int, nrows: int) -> int:
     if Cg <= 0:
         return 1
-    cb = max(1, _L1_BLOCK_BYTES // max(1, nrows * row_bytes))
-    if cb >= Cg:
-        return Cg
-    nblk = -(-Cg // cb)
-    return -(-Cg // nblk)
+    return _even_split(Cg, _L1_BLOCK_BYTES // max(1, nrows * row_bytes))
 
 
 def _output_and_bias(x, bias, K, out_hw):
@@ -1129,7 +1154,7 @@ def _run_rows(x, weight, b, out, *, transposed, G, Cg, Kg, row_phases, col_phase
     if cv:
         # items of cv_rows output rows: a channel block's weights serve them all
         cv_rows = _FORCE_CV_ROWS or min(Ho, -(-_CV_PIXELS // Wo))
-        cv_rows = -(-Ho // -(-Ho // cv_rows))  # the same number of rows in every item
+        cv_rows = _even_split(Ho, cv_rows)  # the same number of rows in every item
         row_phases = [(-(-Ho // cv_rows), row_phases[0][1])]
     PH, PW = len(row_phases), len(col_phases)
     P = PH * PW
@@ -1178,22 +1203,10 @@ def _run_rows(x, weight, b, out, *, transposed, G, Cg, Kg, row_phases, col_phase
             # a channel block's weights (T taps x CKB channels each) are re-used by every
             # pixel tile of the row: keep them in L1
             CB = max(1, min(Cg, _CV_BLOCK_BYTES // (Tmax * CKB * isz)))
-    # output-channel groups: split the channel blocks of an (image, group, row) over work
-    # items when there are too few rows to keep the threads busy (small images).  (Splitting
-    # them to keep each group's weights in L2 was measured slower: every group re-packs
-    # the input rows.)
-    NKG = 1
-    rows_items = N * G * PH * Tymax
-    if rows_items < 4 * nth:
-        NKG = min(nkb, -(-4 * nth // rows_items))
-    if nth > 1 and G * nkb * CKB * Cg * int(ptab[:, _NTAP].sum()) * isz > _L2_BYTES:
-        # weights larger than L2: one channel slice per thread keeps each slice L2-resident
-        # (measured +3% on dilated_aspp with 2 threads; a thread re-packs the input rows)
-        NKG = max(NKG, nth)
-    if _FORCE_KGROUPS is not None:
-        NKG = _FORCE_KGROUPS
-    NKG = max(1, min(nkb, NKG))
-    NKG = -(-nkb // -(-nkb // NKG))
+    # output-channel groups of an (image, group, row): small images, weights above L2
+    NKG = _channel_groups(nkb, N * G * PH * Tymax,
+                          G * nkb * CKB * Cg * int(ptab[:, _NTAP].sum()) * isz, nth,
+                          _FORCE_KGROUPS)
     geo = np.zeros(25, dtype=np.int64)
     for idx, val in ((_N, N), (_G, G), (_CG, Cg), (_KG, Kg), (_NKB, nkb), (_NXB, nxb), (_CB, CB),
                      (_RL, RL), (_PH, PH), (_PW, PW), (_HO, Ho), (_WO, Wo), (_OYS, oys),
@@ -1534,9 +1547,6 @@ _FORCE_PW = None  # test hook: {"tile": (KB, NV), "KC": ..., "tiles": ..., "kgro
 _PW_KC = 128
 #: SIMD tiles of pixels per work item; the item's panel (KC x tiles x TW) stays in L2
 _PW_TILES = 4
-#: work items per thread below which output channels are split over items too (each
-#: such item re-packs the panel)
-_PW_ITEMS = 4
 
 
 def _pw_kernel(KB: int, NV: int):
@@ -1707,24 +1717,14 @@ def _pointwise(x, weight, b, out, G, stride, padding, L):
     TW = NV * L
     nkb = -(-Kg // KB)
     # reduction blocks of at most _PW_KC channels, balanced
-    KC = force.get("KC", _PW_KC)
-    KC = -(-Cg // -(-Cg // KC))
+    KC = _even_split(Cg, force.get("KC", _PW_KC))
     ntiles = -(-P // TW)
-    NT = force.get("tiles", _PW_TILES)
-    NT = -(-ntiles // -(-ntiles // NT))
+    NT = _even_split(ntiles, force.get("tiles", _PW_TILES))
     npb = -(-ntiles // NT)
     nth = numba.get_num_threads()
-    # split output channels over items when the pixels give too few, or when the weights
-    # do not fit one core's L2 (one slice per thread)
-    items = N * G * npb
-    NKG = 1
-    if items < _PW_ITEMS * nth:
-        NKG = -(-_PW_ITEMS * nth // items)
-    if nth > 1 and K * Cg * x.dtype.itemsize > _L2_BYTES:
-        NKG = max(NKG, nth)
-    NKG = force.get("kgroups", NKG)
-    NKG = max(1, min(nkb, NKG))
-    NKG = -(-nkb // -(-nkb // NKG))
+    # output-channel groups of an (image, group, pixel block): small images, weights above L2
+    NKG = _channel_groups(nkb, N * G * npb, K * Cg * x.dtype.itemsize, nth,
+                          force.get("kgroups"))
     PAN = -(-(KC * NT * TW) // 16) * 16  # whole cache lines per worker
     pan = _aligned_empty(nth * PAN, x.dtype)
     geo = np.array([N, G, Cg, Kg, nkb, Ho, Wo, stride[0], stride[1], padding[0], padding[1],
