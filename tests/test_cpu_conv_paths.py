@@ -10,6 +10,7 @@ boundaries (widths one below/at/above a vector or tile multiple, channel counts 
 tile height).
 """
 
+import numba
 import numpy as np
 import pytest
 
@@ -382,24 +383,26 @@ def test_channel_vectorised_padding_skip_is_exact(dtype, hooks):
     np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
 
 
-def test_channel_vectorised_tile_chosen_where_row_lanes_are_wasted(monkeypatch):
+def _plan(dtype, N, C, H, W, K, groups, kh, kw, stride=(1, 1), padding=(0, 0),
+          dilation=(1, 1)):
+    """The plan conv2d runs for this layer (after the hooks set by the test)."""
+    out_hw = (_out_conv(H, kh, stride[0], padding[0], dilation[0]),
+              _out_conv(W, kw, stride[1], padding[1], dilation[1]))
+    return cpu_conv._conv2d_plan((N, C, H, W), (K, C // groups, kh, kw),
+                                 np.dtype(dtype).itemsize, stride, padding, dilation, groups,
+                                 out_hw, numba.get_num_threads(), cpu_conv._knobs())
+
+
+def test_channel_vectorised_tile_chosen_where_row_lanes_are_wasted():
     """An ASPP branch on rows of 2L+1 columns (33 of 48 lanes of the row tile on AVX-512;
     the flat layout would compute 45 columns for 33): the channel-vectorised tile is
     chosen; a width of 4L keeps the row tile."""
     lanes = cpu_conv.VEC_BYTES // 4
-    seen = []
-    run_rows = cpu_conv._run_rows
-
-    def spy(*args, **kw):
-        seen.append(kw.get("cv", False))
-        return run_rows(*args, **kw)
-
-    monkeypatch.setattr(cpu_conv, "_run_rows", spy)
     for width, cv in ((2 * lanes + 1, True), (4 * lanes, False)):
-        seen.clear()
-        run_conv(np.dtype(np.float32), 1, 8, 2 * lanes + 1, width, 16 * lanes, 1, 3, 3,
-                 padding=(6, 6), dilation=(6, 6))
-        assert seen == [cv], (width, seen)
+        shape = (1, 8, 2 * lanes + 1, width, 16 * lanes, 1, 3, 3)
+        plan = _plan(np.float32, *shape, padding=(6, 6), dilation=(6, 6))
+        assert isinstance(plan, cpu_conv._RowsPlan) and plan.kernel[3] == cv, (width, plan)
+        run_conv(np.dtype(np.float32), *shape, padding=(6, 6), dilation=(6, 6))
 
 
 # ------------------------------------------------------------ weights: packed or in place
@@ -664,3 +667,56 @@ def test_pointwise_inf_and_nan(hooks):
     np.testing.assert_array_equal(np.isneginf(out), np.isneginf(ref))
     finite = np.isfinite(ref)
     np.testing.assert_allclose(out[finite], ref[finite], rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------ the plan cache
+
+
+def test_plan_is_memoised_and_never_written():
+    """A layer called again reuses its plan (the same object); a call with an inf weight
+    (no padding taps skipped) leaves the shared plan as it was, so the next call with
+    finite weights is exact again."""
+    shape = (1, 6, 9, 11, 10, 1, 3, 3)
+    kw = dict(padding=(4, 4), dilation=(4, 4))
+    plan = _plan(np.float32, *shape, **kw)
+    assert _plan(np.float32, *shape, **kw) is plan
+    tables = [a.copy() for a in (plan.geo, plan.ptab, plan.trow, plan.tcol, plan.rowoffs)]
+    x = _rand((1, 6, 9, 11), np.float32, 0)
+    w = _rand((10, 6, 3, 3), np.float32, 1)
+    w_inf = w.copy()
+    w_inf[2, 1, 0, 0] = np.inf
+    for weight in (w_inf, w):
+        out = cpu_conv.conv2d(x, weight, None, stride=(1, 1), groups=1, out_hw=(9, 11), **kw)
+        ref = reference.conv2d(x, weight, None, 1, 4, 4, 1)
+        np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+        ok = ~np.isnan(ref)
+        np.testing.assert_allclose(out[ok], ref[ok], rtol=1e-4, atol=1e-4)
+    for before, after in zip(tables, (plan.geo, plan.ptab, plan.trow, plan.tcol,
+                                      plan.rowoffs), strict=True):
+        np.testing.assert_array_equal(before, after)
+
+
+def test_plan_follows_the_hooks(hooks):
+    """A hook set at run time takes effect on a geometry already planned: the hooks'
+    values are part of the cache key."""
+    shape = (1, 8, 7, 7, 16, 1, 3, 3)
+    default = _plan(np.float32, *shape, padding=(1, 1))
+    hooks(_FORCE_FLAT=0, _FORCE_DIRECT=False)
+    forced = _plan(np.float32, *shape, padding=(1, 1))
+    assert forced is not default
+    assert forced.geo[cpu_conv._FLAT] == 0 and not forced.kernel[4]
+    hooks(_FORCE_FLAT=2)
+    assert _plan(np.float32, *shape, padding=(1, 1)).geo[cpu_conv._FLAT] == 2
+    hooks(_FORCE_PW={"tile": (2, 1)}, _USE_POINTWISE=True)
+    assert isinstance(_plan(np.float32, 1, 8, 7, 7, 16, 1, 1, 1), cpu_conv._PointwisePlan)
+    assert _plan(np.float32, 1, 8, 7, 7, 16, 1, 1, 1).KB == 2
+
+
+def test_every_hook_is_a_plan_knob():
+    import re
+
+    names = [n for n in vars(cpu_conv) if re.fullmatch(r"_(FORCE|USE)_[A-Z_]+", n)]
+    assert names and set(names) <= set(cpu_conv._PLAN_KNOBS)
+    for name in ("_XBUF_BYTES", "_L1_BLOCK_BYTES", "_CV_BLOCK_BYTES", "_PW_KC", "_PW_TILES",
+                 "_DIRECT_PIXELS", "_ITEMS_PER_THREAD", "_L2_BYTES"):
+        assert name in cpu_conv._PLAN_KNOBS, name

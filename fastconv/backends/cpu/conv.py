@@ -52,11 +52,19 @@ depthwise kernel (``C_in/groups == 1``): each item pads one channel plane into a
 L1-sized buffer and runs the tile over (channel multiplier, pixels) straight into the
 output: the op streams its input and output once.
 
-pointwise kernel (1x1 kernels, ``_pointwise``): a GEMM over the image's pixels taken as
+pointwise kernel (1x1 kernels, ``_make_pw_kernel``): a GEMM over the image's pixels taken as
 one flat run.  An item packs, per block of 128 input channels, a panel of a few SIMD tiles
 of pixels (strided / padded input gathered there) and runs the tile over (output channels,
 pixels) with the weights read in place, accumulating in the output itself; masked tile
 loads and stores keep the image's last pixels and the shifted last channel block exact.
+
+Planning
+--------
+Which algorithm, tile and index tables a call uses depends only on the shapes, dtype,
+parameters and thread count, so ``_conv2d_plan`` / ``_conv_transpose2d_plan`` memoise them
+per geometry (a ``NamedTuple`` with a ``launch`` method): a layer called again only packs
+its weights and launches.  The test hooks' and tuning constants' values are part of the
+key (``_knobs``).
 
 Threads
 -------
@@ -74,6 +82,8 @@ zero-padded convolution, so an infinite weight next to the border gives NaN).
 from __future__ import annotations
 
 import functools
+import re
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -1136,9 +1146,47 @@ def _output_and_bias(x, bias, K, out_hw):
     return out, b, out.size == 0 or C == 0
 
 
-def _run_rows(x, weight, b, out, *, transposed, G, Cg, Kg, row_phases, col_phases, taps,
-              pstep, oys, pt, pl, sWp, Wq, RL, KB, NV, L, flat=None, cv=False):
-    """Plan and launch the row kernel.
+class _RowsPlan(NamedTuple):
+    """What a row-kernel call needs besides its arrays (``_plan_rows``); memoised per
+    geometry, so its arrays are shared between calls and never written."""
+
+    kernel: tuple  # the _rows_kernel key (KB, NV, PW, cv, direct)
+    geo: np.ndarray  # geometry vector; geo[_SKIP] is set per call (a copy)
+    ptab: np.ndarray
+    trow: np.ndarray
+    tcol: np.ndarray
+    rowoffs: np.ndarray
+    transposed: bool
+    G: int
+    CKB: int  # output channels per block of the weight stream
+    nkb: int
+    ntap: np.ndarray  # taps per phase (ptab[:, _NTAP])
+    wtap: np.ndarray
+    wofs: int  # elements of the packed weight stream
+    scan_finite: bool  # weights read in place: skip padding taps only if all are finite
+
+    def launch(self, x, weight, b, out, nth):
+        geo = self.geo.copy()
+        if self.kernel[4]:  # weights read in place
+            wp = np.ascontiguousarray(weight).reshape(-1)
+            finite = not self.scan_finite or bool(np.isfinite(wp).all())
+        else:
+            # NumPy allocates the packed weights (MBs for wide layers), not the kernel: see
+            # _config (64-byte aligned: the channel-vectorised tile loads whole weight vectors)
+            wp = _aligned_empty(max(self.wofs, 1), weight.dtype)
+            finite = _pack_weights(weight, self.transposed, self.G, self.CKB, self.nkb,
+                                   self.ntap, self.wtap, wp)
+        # an inf or NaN weight times zero padding is NaN (as in the oracle): then no tap is
+        # skipped
+        geo[_SKIP] = int(finite and _SKIP_PADDING)
+        _rows_kernel(*self.kernel)(x, wp, b, out.reshape(-1), geo, self.ptab, self.trow,
+                                   self.tcol, self.rowoffs, nth)
+        return out
+
+
+def _plan_rows(N, Ho, Wo, *, transposed, G, Cg, Kg, row_phases, col_phases, taps,
+               pstep, oys, pt, pl, sWp, Wq, RL, KB, NV, L, isz, nth, flat=None, cv=False):
+    """Plan the row kernel for ``N`` images and an ``Ho x Wo`` output: a ``_RowsPlan``.
 
     row_phases[ry] = (Ty, sorted distinct packed-row offsets); col_phases[rx] = Tx;
     taps[p] = list of (row offset index, packed column offset, flat weight tap) of phase
@@ -1148,8 +1196,6 @@ def _run_rows(x, weight, b, out, *, transposed, G, Cg, Kg, row_phases, col_phase
     flat length rows*Wq of an item].  ``cv``: the channel-vectorised tile (``KB`` pixels x
     ``NV`` vectors of output channels; one column phase, ``Kg >= NV*L``).
     """
-    N = x.shape[0]
-    Ho, Wo = out.shape[2:]
     cv_rows = 0
     if cv:
         # items of cv_rows output rows: a channel block's weights serve them all
@@ -1158,7 +1204,6 @@ def _run_rows(x, weight, b, out, *, transposed, G, Cg, Kg, row_phases, col_phase
         row_phases = [(-(-Ho // cv_rows), row_phases[0][1])]
     PH, PW = len(row_phases), len(col_phases)
     P = PH * PW
-    isz = x.dtype.itemsize
     TW = NV * L
     CKB = TW if cv else KB  # output channels per block of the weight stream
     nkb = -(-Kg // CKB)
@@ -1182,7 +1227,6 @@ def _run_rows(x, weight, b, out, *, transposed, G, Cg, Kg, row_phases, col_phase
         rowoffs[ry, 0] = len(o)
         rowoffs[ry, 1:1 + len(o)] = o
     Tymax = max(1, max(ty for ty, _ in row_phases))
-    nth = numba.get_num_threads()
     # packed rows: one output row reads rows ty*pstep + offsets; the ring holds the span of
     # one output row plus the rows of the next ones (consecutive rows reuse them)
     span = max(o[-1] - o[0] + 1 for o in offsets)
@@ -1220,21 +1264,11 @@ def _run_rows(x, weight, b, out, *, transposed, G, Cg, Kg, row_phases, col_phase
               and all(wt == t for t, (_, _, wt) in enumerate(taps[0])))
     if direct:
         direct = N * Ho * Wo <= _DIRECT_PIXELS if _FORCE_DIRECT is None else _FORCE_DIRECT
-    if direct:
-        wp = np.ascontiguousarray(weight).reshape(-1)
-        # (the finiteness scan only matters where taps on padding rows could be skipped:
-        # the row layout with padding, pt > 0; rows past the image need it too)
-        finite = flat is not None or pt == 0 or bool(np.isfinite(wp).all())
-    else:
-        # NumPy allocates the packed weights (MBs for wide layers), not the kernel: see
-        # _config (64-byte aligned: the channel-vectorised tile loads whole weight vectors)
-        wp = _aligned_empty(max(wofs, 1), weight.dtype)  # wofs: the total, from the loop above
-        finite = _pack_weights(weight, transposed, G, CKB, nkb, ptab[:, _NTAP].copy(), wtap, wp)
-    # an inf or NaN weight times zero padding is NaN (as in the oracle): then no tap is skipped
-    geo[_SKIP] = int(finite and _SKIP_PADDING)
-    _rows_kernel(KB, NV, PW, cv, direct)(x, wp, b, out.reshape(-1), geo, ptab, trow, tcol,
-                                         rowoffs, nth)
-    return out
+    # (the finiteness scan of weights read in place only matters where taps on padding rows
+    # could be skipped: the row layout with padding, pt > 0; rows past the image need it too)
+    return _RowsPlan((KB, NV, PW, bool(cv), bool(direct)),
+                     geo, ptab, trow, tcol, rowoffs, transposed, G, CKB, nkb,
+                     ptab[:, _NTAP].copy(), wtap, wofs, flat is None and pt != 0)
 
 
 def _aligned_empty(n: int, dtype) -> np.ndarray:
@@ -1247,31 +1281,42 @@ def _aligned_empty(n: int, dtype) -> np.ndarray:
 
 def conv2d(x, weight, bias, *, stride, padding, dilation, groups, out_hw):
     """See :mod:`fastconv.backends`.  ``x`` (N, C, H, W) -> (N, K, H_out, W_out)."""
-    N, C, H, W = x.shape
-    K, Cg, kh, kw = weight.shape
-    G = groups
+    out, b, done = _output_and_bias(x, bias, weight.shape[0], out_hw)
+    if done:
+        return out
+    nth = numba.get_num_threads()
+    plan = _conv2d_plan(x.shape, weight.shape, x.dtype.itemsize, stride, padding, dilation,
+                        groups, out_hw, nth, _knobs())
+    return plan.launch(x, weight, b, out, nth)
+
+
+@functools.lru_cache(maxsize=512)
+def _conv2d_plan(x_shape, w_shape, isz, stride, padding, dilation, G, out_hw, nth, knobs):
+    """conv2d's kernel and tables for one geometry and thread count: a ``_RowsPlan``,
+    ``_PointwisePlan`` or ``_DepthwisePlan``.  Memoised (a layer is called again and again,
+    and planning in Python costs more than a small layer's convolution); ``knobs`` is the
+    hooks' values (``_knobs``), part of the key only."""
+    N, C, H, W = x_shape
+    K, Cg, kh, kw = w_shape
     Kg = K // G
     Ho, Wo = out_hw
     sH, sW = stride
     pH, pW = padding
     dH, dW = dilation
-    dtype = x.dtype
-    out, b, done = _output_and_bias(x, bias, K, out_hw)
-    if done:
-        return out
+    L = VEC_BYTES // isz
     if Cg == 1 and _USE_DEPTHWISE:
-        return _depthwise(x, weight, b, out, stride, padding, dilation)
-    L = VEC_BYTES // dtype.itemsize
+        return _plan_depthwise(x_shape, w_shape, out_hw, stride, padding, dilation, L)
     if kh == kw == 1 and _USE_POINTWISE:
-        return _pointwise(x, weight, b, out, G, stride, padding, L)
+        return _plan_pointwise(N, G, Cg, Kg, Ho, Wo, stride, padding, L, isz, nth)
     KB, NV, row_score = _choose_tile(Kg, Wo, L)
     flat_rows, flat_score = 0, 0.0
     if stride == (1, 1):
         flat_rows, flat_score = _choose_flat(N * G, Cg, Kg, Ho, Wo, (kh - 1) * dH,
-                                             Wo + (kw - 1) * dW, L, dtype.itemsize, row_score)
+                                             Wo + (kw - 1) * dW, L, isz, row_score, nth)
     cv = _choose_cv(Kg, Wo, L, max(row_score, flat_score))
     if cv is None and flat_rows:
-        return _conv_flat(x, weight, b, out, G, Cg, Kg, flat_rows, padding, dilation, L)
+        return _plan_flat(N, G, Cg, Kg, Ho, Wo, kh, kw, flat_rows, padding, dilation, L, isz,
+                          nth)
     if cv is not None:
         KB, NV = cv
     elif _FORCE_TILE is not None:
@@ -1282,10 +1327,10 @@ def conv2d(x, weight, bias, *, stride, padding, dilation, groups, out_hw):
     Wq = Wt + ((kw - 1) * dW) // sW
     taps = [[(i, ((j * dW) % sW) * Wq + (j * dW) // sW, i * kw + j)
              for i in range(kh) for j in range(kw)]]
-    return _run_rows(x, weight, b, out, transposed=False, G=G, Cg=Cg, Kg=Kg,
-                     row_phases=[(Ho, [i * dH for i in range(kh)])], col_phases=[Wo], taps=taps,
-                     pstep=sH, oys=1, pt=pH, pl=pW, sWp=sW, Wq=Wq, RL=sW * Wq, KB=KB, NV=NV, L=L,
-                     cv=cv is not None)
+    return _plan_rows(N, Ho, Wo, transposed=False, G=G, Cg=Cg, Kg=Kg,
+                      row_phases=[(Ho, [i * dH for i in range(kh)])], col_phases=[Wo],
+                      taps=taps, pstep=sH, oys=1, pt=pH, pl=pW, sWp=sW, Wq=Wq, RL=sW * Wq,
+                      KB=KB, NV=NV, L=L, isz=isz, nth=nth, cv=cv is not None)
 
 
 #: output pixels a work item of the channel-vectorised tile covers at least (whole rows):
@@ -1318,7 +1363,7 @@ def _choose_cv(Kg: int, Wo: int, L: int, other_score: float):
     return None
 
 
-def _choose_flat(NG, Cg, Kg, Ho, Wo, extra_rows, Wq, L, isz, row_score):
+def _choose_flat(NG, Cg, Kg, Ho, Wo, extra_rows, Wq, L, isz, row_score, nth):
     """``(rows, score)``: output rows per work item for the flat layout and its tile score,
     or ``(0, 0.0)`` to use the row layout.
 
@@ -1330,9 +1375,8 @@ def _choose_flat(NG, Cg, Kg, Ho, Wo, extra_rows, Wq, L, isz, row_score):
     if _FORCE_FLAT is not None:
         return (max(1, min(Ho, _FORCE_FLAT)), 1e9) if _FORCE_FLAT else (0, 0.0)
     # rows per item: as many as the packed block budget allows (fewer re-packed rows), as
-    # long as there are >= 4 items per thread (output-channel groups count, see _run_rows)
+    # long as there are >= 4 items per thread (output-channel groups count, see _plan_rows)
     kpar = max(1, Kg // 8)
-    nth = numba.get_num_threads()
     best = 1
     for R in range(2, Ho + 1):
         if Cg * (R + extra_rows) * Wq * isz > _XBUF_BYTES or Kg * R * Wq * isz > 2 * _XBUF_BYTES:
@@ -1344,9 +1388,8 @@ def _choose_flat(NG, Cg, Kg, Ho, Wo, extra_rows, Wq, L, isz, row_score):
     return (best, flat_score) if flat_score > 1.03 * row_score else (0, 0.0)
 
 
-def _conv_flat(x, weight, b, out, G, Cg, Kg, R, padding, dilation, L):
-    kh, kw = weight.shape[2:]
-    Ho, Wo = out.shape[2:]
+def _plan_flat(N, G, Cg, Kg, Ho, Wo, kh, kw, R, padding, dilation, L, isz, nth):
+    """The row kernel's flat layout with ``R`` output rows per item (``_choose_flat``)."""
     dH, dW = dilation
     Wq = Wo + (kw - 1) * dW
     KB, NV, _ = _choose_tile(Kg, R * Wq, L)
@@ -1354,10 +1397,11 @@ def _conv_flat(x, weight, b, out, G, Cg, Kg, R, padding, dilation, L):
         KB, NV = min(_FORCE_TILE[0], Kg), _FORCE_TILE[1]
     extra = (kh - 1) * dH
     taps = [[(0, i * dH * Wq + j * dW, i * kw + j) for i in range(kh) for j in range(kw)]]
-    return _run_rows(x, weight, b, out, transposed=False, G=G, Cg=Cg, Kg=Kg,
-                     row_phases=[(-(-Ho // R), [0])], col_phases=[R * Wq], taps=taps, pstep=1,
-                     oys=1, pt=padding[0], pl=padding[1], sWp=1, Wq=Wq, RL=(R + extra) * Wq + L,
-                     KB=KB, NV=NV, L=L, flat=(R, extra))
+    return _plan_rows(N, Ho, Wo, transposed=False, G=G, Cg=Cg, Kg=Kg,
+                      row_phases=[(-(-Ho // R), [0])], col_phases=[R * Wq], taps=taps,
+                      pstep=1, oys=1, pt=padding[0], pl=padding[1], sWp=1, Wq=Wq,
+                      RL=(R + extra) * Wq + L, KB=KB, NV=NV, L=L, isz=isz, nth=nth,
+                      flat=(R, extra))
 
 
 def _transposed_taps(s, p, d, k, n_out):
@@ -1382,20 +1426,27 @@ def conv_transpose2d(x, weight, bias, *, stride, padding, dilation, groups, out_
     taps that land on it: tap ``i`` reaches output ``y = ry + sH*ty`` from input row
     ``ty + (ry + pH - i*dH)/sH`` when that division is exact.
     """
-    N, C, H, W = x.shape
-    _, Kg, kh, kw = weight.shape
-    G = groups
-    K = G * Kg
+    out, b, done = _output_and_bias(x, bias, groups * weight.shape[1], out_hw)
+    if done:
+        return out
+    nth = numba.get_num_threads()
+    plan = _conv_transpose2d_plan(x.shape, weight.shape, x.dtype.itemsize, stride, padding,
+                                  dilation, groups, out_hw, nth, _knobs())
+    return plan.launch(x, weight, b, out, nth)
+
+
+@functools.lru_cache(maxsize=512)
+def _conv_transpose2d_plan(x_shape, w_shape, isz, stride, padding, dilation, G, out_hw, nth,
+                           knobs):
+    """conv_transpose2d's ``_RowsPlan`` for one geometry (memoised as ``_conv2d_plan``)."""
+    N, C, H, W = x_shape
+    _, Kg, kh, kw = w_shape
     Cg = C // G
     Ho, Wo = out_hw
     sH, sW = stride
     pH, pW = padding
     dH, dW = dilation
-    dtype = x.dtype
-    out, b, done = _output_and_bias(x, bias, K, out_hw)
-    if done:
-        return out
-    L = VEC_BYTES // dtype.itemsize
+    L = VEC_BYTES // isz
     rows = _transposed_taps(sH, pH, dH, kh, Ho)
     cols = _transposed_taps(sW, pW, dW, kw, Wo)
     Txmax = max(cnt for _, cnt in cols)
@@ -1416,9 +1467,10 @@ def conv_transpose2d(x, weight, bias, *, stride, padding, dilation, groups, out_
         for ctaps, _ in cols:
             taps.append([(offs.index(oy + PT), ox + PL, i * kw + j)
                          for i, oy in rtaps for j, ox in ctaps])
-    return _run_rows(x, weight, b, out, transposed=True, G=G, Cg=Cg, Kg=Kg,
-                     row_phases=row_phases, col_phases=[tx for _, tx in cols], taps=taps,
-                     pstep=1, oys=sH, pt=PT, pl=PL, sWp=1, Wq=Wq, RL=Wq, KB=KB, NV=NV, L=L)
+    return _plan_rows(N, Ho, Wo, transposed=True, G=G, Cg=Cg, Kg=Kg,
+                      row_phases=row_phases, col_phases=[tx for _, tx in cols], taps=taps,
+                      pstep=1, oys=sH, pt=PT, pl=PL, sWp=1, Wq=Wq, RL=Wq, KB=KB, NV=NV, L=L,
+                      isz=isz, nth=nth)
 
 
 # --------------------------------------------------------------------------------------
@@ -1509,15 +1561,27 @@ def _make_dw_kernel(KB, NV):
     return dw_kernel
 
 
-def _depthwise(x, weight, b, out, stride, padding, dilation):
-    N, C, H, W = x.shape
-    K, _, kh, kw = weight.shape
+class _DepthwisePlan(NamedTuple):
+    """A depthwise call's tile and tables (``_plan_depthwise``; shared, never written)."""
+
+    KB: int
+    NV: int
+    geo: np.ndarray
+    tapoff: np.ndarray
+
+    def launch(self, x, weight, b, out, nth):
+        _dw_kernel(self.KB, self.NV)(x, weight.reshape(-1), b, out, self.geo, self.tapoff, nth)
+        return out
+
+
+def _plan_depthwise(x_shape, w_shape, out_hw, stride, padding, dilation, L):
+    C = x_shape[1]
+    K, _, kh, kw = w_shape
     m = K // C
-    Ho, Wo = out.shape[2:]
+    Ho, Wo = out_hw
     sH, sW = stride
     pH, pW = padding
     dH, dW = dilation
-    L = VEC_BYTES // x.dtype.itemsize
     NV = _choose_nv(Wo, L)
     KB = max(d for d in range(1, min(m, _MAX_KB[NV]) + 1) if m % d == 0)
     if _FORCE_TILE is not None:
@@ -1531,8 +1595,7 @@ def _depthwise(x, weight, b, out, stride, padding, dilation):
     ti, tj = np.divmod(np.arange(T, dtype=np.int64), kw)
     tapoff = ti * dH * (sW * Wq) + ((tj * dW) % sW) * Wq + (tj * dW) // sW
     geo = np.array([m, Ho, Wo, sH, sW, pH, pW, Hp, Wq], dtype=np.int64)
-    _dw_kernel(KB, NV)(x, weight.reshape(-1), b, out, geo, tapoff, numba.get_num_threads())
-    return out
+    return _DepthwisePlan(KB, NV, geo, tapoff)
 
 
 # --------------------------------------------------------------------------------------
@@ -1694,8 +1757,23 @@ def _make_pw_kernel(KB, NV):
     return pw_kernel
 
 
-def _pointwise(x, weight, b, out, G, stride, padding, L):
-    """conv2d with a 1x1 kernel: per image and group a GEMM ``out[k, q] = b[k] + sum_c
+class _PointwisePlan(NamedTuple):
+    """A pointwise call's tile and geometry (``_plan_pointwise``; shared, never written)."""
+
+    KB: int
+    NV: int
+    geo: np.ndarray
+    pan_size: int  # elements of the per-thread panels
+
+    def launch(self, x, weight, b, out, nth):
+        pan = _aligned_empty(self.pan_size, x.dtype)
+        _pw_kernel(self.KB, self.NV)(x, weight.reshape(-1), b, out.reshape(-1), self.geo,
+                                     pan, nth)
+        return out
+
+
+def _plan_pointwise(N, G, Cg, Kg, Ho, Wo, stride, padding, L, isz, nth):
+    """Plan conv2d with a 1x1 kernel: per image and group a GEMM ``out[k, q] = b[k] + sum_c
     w[k, c] * x[c, pixel under q]`` over the ``Ho*Wo`` output pixels, taken as one flat run
     (no row ends, nothing to pad but the image's last tile).
 
@@ -1705,10 +1783,7 @@ def _pointwise(x, weight, b, out, G, stride, padding, L):
     the end) and runs every ``KB x NV`` tile over it, accumulating in the output itself.
     The weights are read in place.
     """
-    N = x.shape[0]
-    K, Cg = weight.shape[:2]
-    Kg = K // G
-    Ho, Wo = out.shape[2:]
+    K = G * Kg
     P = Ho * Wo
     KB, NV, _ = _choose_tile(Kg, P, L)
     force = _FORCE_PW or {}
@@ -1721,14 +1796,40 @@ def _pointwise(x, weight, b, out, G, stride, padding, L):
     ntiles = -(-P // TW)
     NT = _even_split(ntiles, force.get("tiles", _PW_TILES))
     npb = -(-ntiles // NT)
-    nth = numba.get_num_threads()
     # output-channel groups of an (image, group, pixel block): small images, weights above L2
-    NKG = _channel_groups(nkb, N * G * npb, K * Cg * x.dtype.itemsize, nth,
-                          force.get("kgroups"))
+    NKG = _channel_groups(nkb, N * G * npb, K * Cg * isz, nth, force.get("kgroups"))
     PAN = -(-(KC * NT * TW) // 16) * 16  # whole cache lines per worker
-    pan = _aligned_empty(nth * PAN, x.dtype)
     geo = np.array([N, G, Cg, Kg, nkb, Ho, Wo, stride[0], stride[1], padding[0], padding[1],
                     KC, NT, npb, NKG, PAN], dtype=np.int64)
-    _pw_kernel(KB, NV)(x, np.ascontiguousarray(weight).reshape(-1), b, out.reshape(-1), geo,
-                       pan, nth)
-    return out
+    return _PointwisePlan(KB, NV, geo, nth * PAN)
+
+
+# --------------------------------------------------------------------------------------
+# the plan cache's key
+# --------------------------------------------------------------------------------------
+
+#: module constants that are not tuning knobs: geometry-vector indices, kernel caches, and
+#: machine constants fixed at import (``_choose_tile``, memoised on its arguments alone,
+#: reads the last two)
+_NOT_KNOBS = frozenset({"_N", "_G", "_CG", "_KG", "_NKB", "_NXB", "_CB", "_RL", "_PH", "_PW",
+                        "_HO", "_WO", "_OYS", "_PSTEP", "_TYMAX", "_HROWS", "_PT", "_PL",
+                        "_SWP", "_WQ", "_NS", "_FLAT", "_NKG", "_SKIP", "_CVR", "_TY", "_TX",
+                        "_NTAP", "_WOFS", "_ROWS_KERNELS", "_DW_KERNELS", "_PW_KERNELS",
+                        "_I64", "_NREGS", "_SIMD_INTERLEAVE", "_MAX_KB", "_TILE_EFF"})
+#: every other ``_UPPER_CASE`` module constant: the test hooks (``_FORCE_*``, ``_USE_*``) and
+#: the tuning constants the planners read.  Their values are part of the plan cache's key,
+#: so a test or an A/B script that sets one at run time gets a fresh plan.
+_PLAN_KNOBS = tuple(name for name in globals()
+                    if re.fullmatch(r"_[A-Z][A-Z0-9_]*", name) and name not in _NOT_KNOBS
+                    and name not in ("_NOT_KNOBS", "_PLAN_KNOBS"))
+
+
+def _knobs() -> tuple:
+    """The current values of ``_PLAN_KNOBS`` (hashable: a dict-valued hook as its items)."""
+    g = globals()
+    key = tuple([g[name] for name in _PLAN_KNOBS])
+    try:
+        hash(key)
+    except TypeError:  # _FORCE_PW = {...}
+        key = tuple(tuple(sorted(v.items())) if isinstance(v, dict) else v for v in key)
+    return key
