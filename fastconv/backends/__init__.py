@@ -58,7 +58,9 @@ library lazily, inside these functions, so ``import fastconv`` stays light)::
     ascontiguous(a) -> native C-contiguous array (a copy on the same device
         when ``a`` is not contiguous; ``a`` itself otherwise).
     device_id(a) -> int | None   (None on the host)
-    use_device(device_id) -> context manager making that device current
+    use_device(device_id) -> the context manager every op runs in: it makes that
+        device current (GPU backends); the cpu backend's serialises launches where
+        numba's threading layer is not thread-safe (workqueue)
     to_host(a) -> numpy.ndarray  (used for the box checks)
 
 and the GPU backends the RoI boxes' device side::
