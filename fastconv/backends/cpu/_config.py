@@ -2,8 +2,16 @@
 
 Every CPU kernel (conv, deform, roi, ...) is decorated with one of::
 
-    @numba.njit(**JIT_OPTIONS)          # multi-threaded: uses numba.prange
+    @parallel_kernel                    # multi-threaded: numba.njit(**JIT_OPTIONS), numba.prange
     @numba.njit(**SERIAL_JIT_OPTIONS)   # helpers / serial kernels, inlined or called from the above
+
+``parallel_kernel`` adds a serial twin for one case: a process forked (``os.fork``,
+``multiprocessing``'s default "fork" start method on Linux, PyTorch DataLoader workers)
+from a parent that had already run a parallel kernel on numba's GNU OpenMP threading
+layer.  GNU OpenMP cannot run in such a child, and numba terminates the child at its
+first parallel launch; a ``multiprocessing.Pool`` then waits forever for its workers.
+There, every kernel runs its serial twin instead (the same code with ``prange`` as
+``range``, compiled on first use in the child and cached on disk under its own name).
 
 ``FASTMATH`` keeps IEEE NaN/Inf semantics: it never contains ``"nnan"`` or
 ``"ninf"`` (NaN/Inf in the data must propagate like PyTorch).  ``"contract"``
@@ -25,6 +33,12 @@ takes ~5 ms); allocated by NumPy, no fault.  Small per-thread scratch buffers in
 ``boundscheck=False`` is numba's default; spelled out because kernels rely on
 it for vectorisation.
 """
+
+import functools
+import os
+import types
+
+import numba
 
 FASTMATH = frozenset({"contract", "reassoc", "arcp", "nsz"})
 
@@ -58,4 +72,64 @@ SERIAL_JIT_OPTIONS = {
 #: fastmath kernel.
 EXACT_JIT_OPTIONS = {**SERIAL_JIT_OPTIONS, "fastmath": False}
 
-__all__ = ["EXACT_JIT_OPTIONS", "FASTMATH", "JIT_OPTIONS", "SERIAL_JIT_OPTIONS"]
+
+
+class _ParallelKernel:
+    """A ``parallel=True`` kernel and, made on demand, its serial twin (see the module
+    docstring).  Called like the numba dispatcher it wraps."""
+
+    def __init__(self, py_func):
+        self.parallel = numba.njit(**JIT_OPTIONS)(py_func)
+        self._serial = None
+        functools.update_wrapper(self, py_func)
+
+    def __call__(self, *args):
+        if _serial_only:
+            return self.serial(*args)
+        return self.parallel(*args)
+
+    @property
+    def serial(self):
+        """The kernel compiled without ``parallel``.  A copy of the function under its own
+        ``__qualname__`` keeps its on-disk cache entry apart from the parallel one's (numba
+        keys the cache by function name and signature, not by the ``parallel`` flag)."""
+        if self._serial is None:
+            f = self.parallel.py_func
+            twin = types.FunctionType(f.__code__, f.__globals__, f.__name__, f.__defaults__,
+                                      f.__closure__)
+            twin.__qualname__ = f.__qualname__ + "_serial"
+            twin.__module__ = f.__module__
+            self._serial = numba.njit(**SERIAL_JIT_OPTIONS)(twin)
+        return self._serial
+
+
+def parallel_kernel(py_func):
+    """Decorator: ``numba.njit(**JIT_OPTIONS)`` with a serial twin for forked children."""
+    return _ParallelKernel(py_func)
+
+
+#: True in a process forked after its parent had started GNU OpenMP (set at fork)
+_serial_only = False
+
+
+def _gnu_openmp_started() -> bool:
+    try:
+        if numba.threading_layer() != "omp":
+            return False
+    except ValueError:  # no parallel kernel has run: the child starts its own layer
+        return False
+    from numba.np.ufunc import omppool
+
+    return getattr(omppool, "openmp_vendor", "GNU") == "GNU"
+
+
+def _after_fork_in_child():
+    global _serial_only
+    _serial_only = _serial_only or _gnu_openmp_started()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+__all__ = ["EXACT_JIT_OPTIONS", "FASTMATH", "JIT_OPTIONS", "SERIAL_JIT_OPTIONS",
+           "parallel_kernel"]

@@ -92,7 +92,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
-from ._config import JIT_OPTIONS, SERIAL_JIT_OPTIONS
+from ._config import SERIAL_JIT_OPTIONS, parallel_kernel
 
 __all__ = ["conv2d", "conv_transpose2d"]
 
@@ -841,7 +841,7 @@ def _rows_kernel(KB: int, NV: int, PW: int = 1, cv: bool = False, direct: bool =
 
 
 def _make_rows_kernel(KB, NV, PWV, CV, WD):
-    @numba.njit(**JIT_OPTIONS)
+    @parallel_kernel
     def rows_kernel(x, wp, bias, out, geo, ptab, trow, tcol, rowoffs, nth):
         N = geo[_N]
         G = geo[_G]
@@ -1490,7 +1490,7 @@ def _dw_kernel(KB: int, NV: int):
 
 
 def _make_dw_kernel(KB, NV):
-    @numba.njit(**JIT_OPTIONS)
+    @parallel_kernel
     def dw_kernel(x, w, bias, out, geo, tapoff, nth):
         N, C, H, W = x.shape
         m = geo[0]
@@ -1693,7 +1693,7 @@ def _pw_tile(proto, out, obase, P, klo, nval, first, bias, kbias, pan, xo, w, wk
 
 
 def _make_pw_kernel(KB, NV):
-    @numba.njit(**JIT_OPTIONS)
+    @parallel_kernel
     def pw_kernel(x, w, bias, out, geo, pan, nth):
         N = geo[0]
         G = geo[1]

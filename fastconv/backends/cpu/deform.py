@@ -34,7 +34,7 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from ._bilinear import bilinear_zero_pad
-from ._config import JIT_OPTIONS, SERIAL_JIT_OPTIONS
+from ._config import SERIAL_JIT_OPTIONS, parallel_kernel
 
 # Target size of the per-tile column buffer (bytes), and the most pixels per tile.
 # (64 KiB - 512 KiB measured the same on deform_dcnv2; 256 KiB leaves room in L2.)
@@ -51,7 +51,7 @@ def _tile_pixels(k_total, itemsize, n_pix):
     return min(p, (n_pix + _PB - 1) // _PB * _PB)
 
 
-@numba.njit(**JIT_OPTIONS)
+@parallel_kernel
 def _to_bordered_nhwc(x, xb):
     """``xb[:] = x`` (``(N, C, H, W)``), zero-bordered channels-last ``(N, (H+2)*(W+2), C)``."""
     n_b, c_in, h, w = x.shape
@@ -313,7 +313,7 @@ def _gemm_tile(a, b, bias, use_bias, out, n, g, p_start, n_p):
                 out[n, co, p + 5] = s5 + bb0
 
 
-@numba.njit(**JIT_OPTIONS)
+@parallel_kernel
 def _deform_kernel(xb, offset, mask, use_mask, wt, bias, use_bias, out, h, w,
                    s_h, s_w, p_h, p_w, d_h, d_w, k_w, offset_groups, out_h, out_w, tile):
     T = xb.dtype.type

@@ -38,7 +38,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from ._config import JIT_OPTIONS, SERIAL_JIT_OPTIONS
+from ._config import SERIAL_JIT_OPTIONS, parallel_kernel
 
 __all__ = [
     "clip",
@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 
-@numba.njit(**JIT_OPTIONS)
+@parallel_kernel
 def _gather(x, iy, ix, cval, out):
     n_img, n_ch, _, _ = x.shape
     h_out = iy.shape[0]
@@ -75,7 +75,7 @@ def _gather(x, iy, ix, cval, out):
                 out[n, c, y, xx] = x[n, c, sy, sx] if sx >= 0 else cval
 
 
-@numba.njit(**JIT_OPTIONS)
+@parallel_kernel
 def _lerp(x, iy, wy, ix, wx, cval, out):
     n_img, n_ch, _, _ = x.shape
     h_out = iy.shape[1]
@@ -168,7 +168,7 @@ def _filter_row(plane, y, wy, ty, dy, wx, tx, dx, cval, acc, buf, res):
             res[xx] += wgt * seg[xx]
 
 
-@numba.njit(**JIT_OPTIONS)
+@parallel_kernel
 def _sepfilter(x, wy, ty, dy, wx, tx, dx, cval, out):
     """Separable correlation, H then W, fused per output row (the intermediate stays in cache)."""
     n_img, n_ch, _, width = x.shape
@@ -187,7 +187,7 @@ def _sepfilter(x, wy, ty, dy, wx, tx, dx, cval, out):
             _filter_row(plane, y, wy, ty, dy, wx, tx, dx, cval, acc, buf, out[n, c, y])
 
 
-@numba.njit(**JIT_OPTIONS)
+@parallel_kernel
 def _smooth_lerp(x, wg, ty, tx, iy, wy, ix, wx, cval, out):
     """``lerp(sepfilter(x))`` without the full-size intermediate (a pyramid reduction).
 
@@ -237,7 +237,7 @@ def _smooth_lerp(x, wg, ty, tx, iy, wy, ix, wx, cval, out):
                 orow[ox] = a0 * (b0 * r0[x0] + b1 * r0[x1]) + a1 * (b0 * r1[x0] + b1 * r1[x1])
 
 
-@numba.njit(**JIT_OPTIONS)
+@parallel_kernel
 def _to_planes(src, cax, scale, clip_low, use_clip, out):
     """``out[0, c, y, x] = max(float(src[...]) * scale, clip_low)`` from a 3-D source."""
     _, n_ch, height, width = out.shape
@@ -329,7 +329,7 @@ def to_planes(img, *, channel_axis, dtype, scale, clip_low):
     return out
 
 
-@numba.njit(**JIT_OPTIONS)
+@parallel_kernel
 def _from_planes(planes, minus, use_minus, cax, out):
     """``(B, C, H, W)`` (minus ``minus``) -> ``(B, ...)`` with the channel axis at ``1 + cax``."""
     n_b, n_ch, height, width = planes.shape

@@ -62,7 +62,7 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from ._bilinear import bilinear_clamp, clamp_axis
-from ._config import EXACT_JIT_OPTIONS, JIT_OPTIONS, SERIAL_JIT_OPTIONS
+from ._config import EXACT_JIT_OPTIONS, SERIAL_JIT_OPTIONS, parallel_kernel
 
 _FLT_MAX = float(np.finfo(np.float32).max)
 # Box coordinates are clamped to this magnitude before conversion to an integer
@@ -442,7 +442,7 @@ def _store_bins(ob, out, r, stream):
     _store_fence()
 
 
-@numba.njit(**JIT_OPTIONS)
+@parallel_kernel
 def _to_nhwc(x, idx, xt):
     """``xt[:] = x[idx]`` channels-last, flattened per image: ``(len(idx), H*W*C)``.
 
@@ -478,7 +478,7 @@ def _channels_last(x, idx):
     return xt
 
 
-@numba.njit(**JIT_OPTIONS)
+@parallel_kernel
 def _roi_align_nhwc(xt, slot, rois, out, stream, h, w, spatial_scale, sampling_ratio,
                     aligned):
     T = xt.dtype.type
@@ -551,7 +551,7 @@ def _roi_align_nhwc(xt, slot, rois, out, stream, h, w, spatial_scale, sampling_r
         _store_bins(ob, out, r, stream)
 
 
-@numba.njit(**JIT_OPTIONS)
+@parallel_kernel
 def _roi_align_planar(x, rois, out, spatial_scale, sampling_ratio, aligned):
     T = x.dtype.type
     _, c_in, h, w = x.shape
@@ -689,7 +689,7 @@ def _row_max(vm, row, first, lowest):
             vm[k] = v if v > vm[k] else vm[k]
 
 
-@numba.njit(**JIT_OPTIONS)
+@parallel_kernel
 def _roi_pool_nhwc(xt, slot, rois, out, stream, h, w, spatial_scale, limit):
     T = xt.dtype.type
     n_rois, c_in, pooled_h, pooled_w = out.shape
@@ -730,7 +730,7 @@ def _roi_pool_nhwc(xt, slot, rois, out, stream, h, w, spatial_scale, limit):
         _store_bins(ob, out, r, stream)
 
 
-@numba.njit(**JIT_OPTIONS)
+@parallel_kernel
 def _roi_pool_planar(x, rois, out, spatial_scale, limit):
     # per channel plane, the same separable max as _roi_pool_nhwc: per bin row, the
     # column-wise max over its rows across the RoI's columns (contiguous loops along W),
