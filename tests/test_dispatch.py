@@ -51,6 +51,35 @@ def test_non_contiguous_and_negative_strides_give_the_same_result():
                                       fastconv.conv2d(x, w, padding=1))
 
 
+def test_read_only_inputs_compile_no_new_kernels():
+    """Read-only arrays (a memory map opened "r", np.frombuffer) give the same results
+    and reach the kernels as writeable copies: numba would compile every kernel again
+    for read-only argument types."""
+    import numba
+
+    from fastconv.backends.cpu import conv as cpu_conv
+    from fastconv.backends.cpu import roi as cpu_roi
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, 4, 9, 10)).astype(np.float32)
+    w = rng.standard_normal((6, 4, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(6).astype(np.float32)
+    boxes = np.array([[0, 1, 1, 8, 7]], np.float32)
+    want = (fastconv.conv2d(x, w, b, padding=1), fastconv.roi_align(x, boxes, 2, 1.0, 2))
+    frozen = [np.frombuffer(a.tobytes(), a.dtype).reshape(a.shape) for a in (x, w, b, boxes)]
+    assert not any(a.flags.writeable for a in frozen)
+    got = (fastconv.conv2d(*frozen[:3], padding=1), fastconv.roi_align(frozen[0], frozen[3], 2,
+                                                                      1.0, 2))
+    for g, r in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, r)
+    kernels = [k.parallel for k in cpu_conv._ROWS_KERNELS.values()]
+    kernels += [cpu_roi._roi_align_planar.parallel, cpu_roi._roi_align_nhwc.parallel]
+    signatures = [sig for k in kernels for sig in k.signatures]
+    read_only = [sig for sig in signatures
+                 if any(isinstance(t, numba.types.Array) and not t.mutable for t in sig)]
+    assert signatures and not read_only, read_only
+
+
 @pytest.mark.parametrize("name", ["cupy", "numba_cuda"])
 def test_unusable_gpu_backend_says_what_is_missing(name):
     ok, why = _dispatch.backend_status(name)

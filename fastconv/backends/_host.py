@@ -23,7 +23,16 @@ def as_native(obj):
 
 
 def ascontiguous(a):
-    return np.ascontiguousarray(a)
+    """``a`` when C-contiguous and writeable, else a C-contiguous copy.
+
+    A read-only array (a memory map opened ``"r"``, ``np.frombuffer`` of ``bytes``) is
+    copied too: numba types it as another array type and compiles every kernel again for
+    it, once per combination of read-only arguments (5-9 s each on the development
+    machine).  The kernels never write their inputs either way.
+    """
+    if a.flags.c_contiguous and a.flags.writeable:
+        return a
+    return np.array(a, order="C")
 
 
 def device_id(a):
