@@ -393,3 +393,82 @@ def test_roi_threads_agree(dtype):
             numba.set_num_threads(old)
     np.testing.assert_array_equal(res[0][0], res[1][0])
     np.testing.assert_array_equal(res[0][1], res[1][1])
+
+
+def _edge_boxes(dtype, batch):
+    """Rows on both sides of every rule of the box check: batch indices at and around
+    0 and ``batch``, fractions, -0.0, NaN and infinities, and non-finite coordinates."""
+    idx = [0, -0.0, 1, batch - 1, batch, batch + 1, -1, -0.5, 0.5, batch - 0.5,
+           np.nextafter(dtype.type(batch - 1), dtype.type(batch)), np.nan, np.inf, -np.inf,
+           2.0**40]
+    rows = [[i, 1.0, 2.0, 3.0, 4.0] for i in idx]
+    for j in range(1, 5):
+        for v in (np.nan, np.inf, -np.inf, np.finfo(dtype).max):
+            row = [0, 1.0, 2.0, 3.0, 4.0]
+            row[j] = v
+            rows.append(row)
+    return np.array(rows, dtype)
+
+
+def _args_accept(rois, batch):
+    from fastconv import _args
+
+    try:
+        _args.check_rois(rois.astype(np.float64), batch)
+    except ValueError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_roi_box_count_agrees_with_the_worded_check(dtype, batch):
+    """``count_bad_boxes`` (the one-pass check the public wrapper runs) finds a row bad
+    exactly when ``_args.check_rois`` (which words the error) rejects it."""
+    boxes = _edge_boxes(dtype, batch)
+    keep = boxes.copy()
+    bad = 0
+    for k in range(boxes.shape[0]):
+        ok = _args_accept(boxes[k:k + 1], batch)
+        bad += not ok
+        assert roi.count_bad_boxes(boxes[k:k + 1], batch) == (not ok), boxes[k]
+    assert 0 < bad < boxes.shape[0]
+    assert roi.count_bad_boxes(boxes, batch) == bad
+    with np.errstate(over="ignore"):
+        half = boxes.astype(np.float16)  # widened in count_bad_boxes: the same values
+    assert roi.count_bad_boxes(half, batch) == sum(
+        not _args_accept(half[k:k + 1], batch) for k in range(half.shape[0]))
+    assert roi.count_bad_boxes(boxes[:0], batch) == 0
+    np.testing.assert_array_equal(boxes, keep)
+
+
+@pytest.mark.parametrize("pool", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [-1, 2])
+def test_roi_box_scan_matches_numpy(dtype, pool, sampling_ratio):
+    """The one pass before a launch: rows naming no image, the images used and their
+    slots, and the cost estimate, against the same quantities worked out with NumPy."""
+    n_b, h, w, ph, pw, scale = 5, 20, 30, 3, 4, 0.5
+    boxes = _boxes(dtype, n_b, h / scale, w / scale, 19, 8, used=[1, 3])
+    boxes[[2, 9], 0] = [-1.0, np.nan]  # name no image (check_boxes=False)
+    boxes[11, 0] = -0.5  # truncates to image 0
+    boxes[12, 0] = 4.5  # truncates to image 4
+    missing, idx, slot, reads = roi._scan_boxes(boxes, n_b, h, w, scale, ph, pw,
+                                                sampling_ratio, pool)
+    b = boxes[:, 0].astype(np.float64)
+    has_image = (b > -1) & (b < n_b)
+    used = np.zeros(n_b, bool)
+    used[np.trunc(b[has_image]).astype(np.int64)] = True
+    used[0] |= not has_image.all()  # the kernels read those rows as image 0
+    assert missing == (~has_image).sum() == 2
+    np.testing.assert_array_equal(idx, np.flatnonzero(used))
+    want_slot = np.full(n_b, -1)
+    want_slot[used] = np.arange(used.sum())
+    np.testing.assert_array_equal(slot, want_slot)
+    c = boxes.astype(np.float64)
+    bw, bh = np.abs(c[:, 3] - c[:, 1]) * scale, np.abs(c[:, 4] - c[:, 2]) * scale
+    if pool:
+        want = np.sum(np.clip(bw + 1, 1, w) * np.clip(bh + 1, 1, h))
+    elif sampling_ratio > 0:
+        want = 4.0 * len(boxes) * ph * pw * sampling_ratio**2
+    else:
+        want = 4.0 * ph * pw * np.sum(np.ceil(bh / ph) * np.ceil(bw / pw))
+    assert reads == pytest.approx(want, rel=1e-12)

@@ -73,7 +73,8 @@ def test_read_only_inputs_compile_no_new_kernels():
     for g, r in zip(got, want, strict=True):
         np.testing.assert_array_equal(g, r)
     kernels = [k.parallel for k in cpu_conv._ROWS_KERNELS.values()]
-    kernels += [cpu_roi._roi_align_planar.parallel, cpu_roi._roi_align_nhwc.parallel]
+    kernels += [cpu_roi._roi_align_planar.parallel, cpu_roi._roi_align_nhwc.parallel,
+                cpu_roi._count_bad_boxes, cpu_roi._scan_boxes]
     signatures = [sig for k in kernels for sig in k.signatures]
     read_only = [sig for sig in signatures
                  if any(isinstance(t, numba.types.Array) and not t.mutable for t in sig)]

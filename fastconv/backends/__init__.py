@@ -63,9 +63,13 @@ library lazily, inside these functions, so ``import fastconv`` stays light)::
         numba's threading layer is not thread-safe (workqueue)
     to_host(a) -> numpy.ndarray  (used for the box checks)
 
-and the GPU backends the RoI boxes' device side::
+and the RoI boxes' check (cpu and the GPU backends; a backend without it has the
+boxes checked by NumPy on the host)::
 
     count_bad_boxes(rois, batch) -> int   (rows failing the check_boxes test)
+
+and the GPU backends the boxes' assembly on the device::
+
     stack_boxes(items, is_list, dtype) -> (K, 5) native array in dtype, from the
         list form's (L_n, 4) parts (row batch index n) or one (K, 5) array
 

@@ -8,7 +8,7 @@ import numba
 from .._host import as_native, ascontiguous, check_available, device_id, to_host
 from .conv import conv2d, conv_transpose2d
 from .deform import deform_conv2d
-from .roi import roi_align, roi_pool
+from .roi import count_bad_boxes, roi_align, roi_pool
 
 #: numba's threading layers that several Python threads may enter at once
 _THREADSAFE_LAYERS = frozenset({"tbb", "omp"})
@@ -37,6 +37,6 @@ def use_device(device_id):
 
 
 __all__ = [
-    "conv2d", "conv_transpose2d", "deform_conv2d", "roi_align", "roi_pool",
+    "conv2d", "conv_transpose2d", "deform_conv2d", "roi_align", "roi_pool", "count_bad_boxes",
     "as_native", "ascontiguous", "check_available", "device_id", "to_host", "use_device",
 ]

@@ -53,8 +53,6 @@ CUDA kernel adds 0).  roi_pool keeps torchvision's ``v > max`` update from
 empty bin is 0.
 """
 
-import functools
-
 import numba
 import numpy as np
 from llvmlite import ir
@@ -73,37 +71,100 @@ _COORD_LIMIT = 1e15
 # --------------------------------------------------------------------------- helpers
 
 
-def _used_slots(rois, n_b):
-    """Batch images that boxes refer to, and each image's slot in the transposed copy."""
-    used = np.zeros(n_b, bool)
-    used[rois[:, 0].astype(np.int64)] = True
-    slot = np.full(n_b, -1, np.int64)
-    idx = np.flatnonzero(used)
-    slot[idx] = np.arange(idx.size)
-    return idx, slot
+def count_bad_boxes(rois, batch):
+    """How many rows of the ``(K, 5)`` float boxes ``rois`` have a non-finite coordinate
+    or a batch index that is not an integer in ``[0, batch)``.
 
-
-def _boxes_without_image_give_zeros(op):
-    """Make ``op(x, rois, **params)`` give zeros for boxes whose batch index names no image.
-
-    The public wrapper rejects such boxes unless ``check_boxes=False``; then, as on
-    the GPU backends, their output is 0 instead of a read outside ``x``.  The kernels
-    see a copy of ``rois`` with those indices set to 0, and the rows are zeroed after.
+    The ``check_boxes`` test in one pass (the public wrapper words the error with
+    ``_args.check_rois`` only when this finds a bad row); it compares what the kernels
+    see, the boxes in the input's dtype, exactly as the GPU backends' check does.
+    float16 boxes (the GPU backends' dtype, checked here when they come through the
+    host) are widened first, which changes no value.
     """
+    if rois.dtype not in (np.float32, np.float64):
+        rois = rois.astype(np.float64)
+    return _count_bad_boxes(rois, batch)
 
-    @functools.wraps(op)
-    def guarded(x, rois, **params):
-        b = rois[:, 0]
-        has_image = (b > -1) & (b < x.shape[0])  # trunc(b) in [0, N); NaN fails both
-        if has_image.all():
-            return op(x, rois, **params)
-        safe = rois.copy()
-        safe[~has_image, 0] = 0
-        out = op(x, safe, **params)
-        out[~has_image] = 0
-        return out
 
-    return guarded
+@numba.njit(**EXACT_JIT_OPTIONS)
+def _count_bad_boxes(rois, batch):
+    bad = 0
+    for k in range(rois.shape[0]):
+        n = rois[k, 0]
+        # the range first: NaN and +-inf fail it, so the truncation only sees [0, batch)
+        ok = n >= 0 and n < batch and np.trunc(n) == n
+        for j in range(1, 5):
+            ok = ok and np.isfinite(rois[k, j])
+        if not ok:
+            bad += 1
+    return bad
+
+
+@numba.njit(**EXACT_JIT_OPTIONS)
+def _scan_boxes(rois, n_b, h, w, scale, pooled_h, pooled_w, sampling_ratio, pool):
+    """One pass over the boxes before a launch (it replaced five NumPy passes, about
+    10 us of a small call's host time).  Returns
+
+    * ``missing``: rows whose batch index names no image (``trunc(b)`` outside
+      ``[0, n_b)``, or NaN); only possible with ``check_boxes=False``.  The kernels
+      read such rows as image 0 (:func:`_launch_boxes`);
+    * ``idx``, ``slot``: the images the boxes refer to (sorted), and each image's
+      slot among them (-1 for the others), for the channels-last copy;
+    * ``reads``: the feature reads per channel summed over the boxes, the cost
+      estimate of :func:`_use_channels_last`.  roi_pool: each box's area clipped
+      to the image; roi_align: 4 corners per sample, with the adaptive grid's mean
+      sample count worked out from the box sizes (in float64: an estimate only).
+    """
+    used = np.zeros(n_b, np.bool_)
+    missing = 0
+    n_rois = rois.shape[0]
+    sx = abs(scale)
+    total = 0.0
+    for k in range(n_rois):
+        b = rois[k, 0]
+        if b > -1 and b < n_b:
+            used[int(b)] = True
+        else:
+            missing += 1
+            used[0] = True
+        bw = abs(np.float64(rois[k, 3]) - np.float64(rois[k, 1])) * sx
+        bh = abs(np.float64(rois[k, 4]) - np.float64(rois[k, 2])) * sx
+        if pool:
+            total += min(max(bw + 1.0, 1.0), w) * min(max(bh + 1.0, 1.0), h)
+        elif sampling_ratio <= 0:
+            total += np.ceil(bh / pooled_h) * np.ceil(bw / pooled_w)
+    if pool:
+        reads = total
+    elif sampling_ratio > 0:
+        reads = 4.0 * n_rois * pooled_h * pooled_w * sampling_ratio * sampling_ratio
+    else:
+        reads = 4.0 * pooled_h * pooled_w * total
+    slot = np.full(n_b, -1, np.int64)
+    idx = np.empty(n_b, np.int64)
+    n_used = 0
+    for i in range(n_b):
+        if used[i]:
+            slot[i] = n_used
+            idx[n_used] = i
+            n_used += 1
+    return missing, idx[:n_used], slot, reads
+
+
+def _launch_boxes(rois, missing, n_b):
+    """``(rois, has_image)``: the boxes the kernels read, and which rows name an image
+    (``None`` when all do).
+
+    With ``check_boxes=False``, boxes whose batch index names no image give zeros, as on
+    the GPU backends, instead of a read outside ``x``: the kernels see a copy with those
+    indices set to 0, and the caller zeroes their rows of the output.
+    """
+    if not missing:
+        return rois, None
+    b = rois[:, 0]
+    has_image = (b > -1) & (b < n_b)  # trunc(b) in [0, N); NaN fails both
+    safe = rois.copy()
+    safe[~has_image, 0] = 0
+    return safe, has_image
 
 
 #: reads per map pixel from which the channels-last path pays, for maps up to 32 MiB and
@@ -600,7 +661,6 @@ def _roi_align_planar(x, rois, out, spatial_scale, sampling_ratio, aligned):
                 k0 = k1
 
 
-@_boxes_without_image_give_zeros
 def roi_align(x, rois, *, output_size, spatial_scale, sampling_ratio, aligned):
     """Bilinear RoIAlign (torchvision's).
 
@@ -617,20 +677,17 @@ def roi_align(x, rois, *, output_size, spatial_scale, sampling_ratio, aligned):
         return np.zeros((n_rois, c_in, pooled_h, pooled_w), x.dtype)
     scale = float(spatial_scale)
     sr = int(sampling_ratio)
-    if sr > 0:
-        per_bin = sr * sr
-    else:  # adaptive grid: estimate from the box sizes (in float64; only a cost estimate)
-        bw = np.abs(rois[:, 3] - rois[:, 1]).astype(np.float64) * abs(scale)
-        bh = np.abs(rois[:, 4] - rois[:, 2]).astype(np.float64) * abs(scale)
-        per_bin = float(np.mean(np.ceil(bh / pooled_h) * np.ceil(bw / pooled_w)))
-    reads = 4.0 * n_rois * pooled_h * pooled_w * per_bin
-    idx, slot = _used_slots(rois, n_b)
+    missing, idx, slot, reads = _scan_boxes(rois, n_b, h, w, scale, pooled_h, pooled_w, sr,
+                                            False)
+    rois, has_image = _launch_boxes(rois, missing, n_b)
     out = np.empty((n_rois, c_in, pooled_h, pooled_w), x.dtype)  # NumPy's: see _config
     if _use_channels_last(idx.size, c_in, h, w, reads, x.dtype.itemsize, _ALIGN_CROSSOVER):
         _roi_align_nhwc(_channels_last(x, idx), slot, rois, out, _streamed(out), h, w, scale,
                         sr, bool(aligned))
     else:
         _roi_align_planar(x, rois, out, scale, sr, bool(aligned))
+    if has_image is not None:
+        out[~has_image] = 0
     return out
 
 
@@ -771,7 +828,6 @@ def _roi_pool_planar(x, rois, out, spatial_scale, limit):
                     out[r, c, ph, pw] = m
 
 
-@_boxes_without_image_give_zeros
 def roi_pool(x, rois, *, output_size, spatial_scale):
     """Max RoIPool (torchvision's).
 
@@ -787,18 +843,18 @@ def roi_pool(x, rois, *, output_size, spatial_scale):
     if n_rois == 0 or c_in == 0:
         return np.zeros((n_rois, c_in, pooled_h, pooled_w), x.dtype)
     scale = float(spatial_scale)
-    # reads per channel: the box areas, clipped to the image (a cost estimate only)
-    bw = np.clip(np.abs(rois[:, 3] - rois[:, 1]).astype(np.float64) * abs(scale) + 1, 1, w)
-    bh = np.clip(np.abs(rois[:, 4] - rois[:, 2]).astype(np.float64) * abs(scale) + 1, 1, h)
-    reads = float(np.sum(bw * bh))
-    idx, slot = _used_slots(rois, n_b)
+    missing, idx, slot, reads = _scan_boxes(rois, n_b, h, w, scale, pooled_h, pooled_w, 0,
+                                            True)
+    rois, has_image = _launch_boxes(rois, missing, n_b)
     out = np.empty((n_rois, c_in, pooled_h, pooled_w), x.dtype)  # NumPy's: see _config
     if _use_channels_last(idx.size, c_in, h, w, reads, x.dtype.itemsize, _POOL_CROSSOVER):
         _roi_pool_nhwc(_channels_last(x, idx), slot, rois, out, _streamed(out), h, w, scale,
                        _COORD_LIMIT)
     else:
         _roi_pool_planar(x, rois, out, scale, _COORD_LIMIT)
+    if has_image is not None:
+        out[~has_image] = 0
     return out
 
 
-__all__ = ["roi_align", "roi_pool"]
+__all__ = ["count_bad_boxes", "roi_align", "roi_pool"]
