@@ -167,6 +167,33 @@ def _launch_boxes(rois, missing, n_b):
     return safe, has_image
 
 
+def _run_roi(x, rois, output_size, scale, sampling_ratio, crossover, channels_last, planar):
+    """What both ops do around their kernels: scan the boxes, pick the path, allocate.
+
+    ``sampling_ratio`` is None for roi_pool (whose cost estimate is the boxes' areas).
+    ``channels_last(xt, slot, rois, out)`` and ``planar(x, rois, out)`` launch the
+    op's kernels; the output is NumPy's (see ``_config``) and rows of boxes naming no
+    image are zeroed after (:func:`_launch_boxes`).
+    """
+    n_b, c_in, h, w = x.shape
+    pooled_h, pooled_w = output_size
+    n_rois = rois.shape[0]
+    if n_rois == 0 or c_in == 0:
+        return np.zeros((n_rois, c_in, pooled_h, pooled_w), x.dtype)
+    pool = sampling_ratio is None
+    missing, idx, slot, reads = _scan_boxes(rois, n_b, h, w, scale, pooled_h, pooled_w,
+                                            0 if pool else sampling_ratio, pool)
+    rois, has_image = _launch_boxes(rois, missing, n_b)
+    out = np.empty((n_rois, c_in, pooled_h, pooled_w), x.dtype)
+    if _use_channels_last(idx.size, c_in, h, w, reads, x.dtype.itemsize, crossover):
+        channels_last(_channels_last(x, idx), slot, rois, out)
+    else:
+        planar(x, rois, out)
+    if has_image is not None:
+        out[~has_image] = 0
+    return out
+
+
 #: reads per map pixel from which the channels-last path pays, for maps up to 32 MiB and
 #: above (measured, 256 channels, 7 x 7 bins, 1 thread, 2026-11-23).  roi_align: 0.5-0.7
 #: for maps of 3.5 and 14 MB, about 1.15 for a 61 MB map, whose copy runs at memory
@@ -670,25 +697,13 @@ def roi_align(x, rois, *, output_size, spatial_scale, sampling_ratio, aligned):
     -------
     out : numpy.ndarray, shape (K, C, pooled_h, pooled_w)
     """
-    n_b, c_in, h, w = x.shape
-    pooled_h, pooled_w = output_size
-    n_rois = rois.shape[0]
-    if n_rois == 0 or c_in == 0:
-        return np.zeros((n_rois, c_in, pooled_h, pooled_w), x.dtype)
-    scale = float(spatial_scale)
-    sr = int(sampling_ratio)
-    missing, idx, slot, reads = _scan_boxes(rois, n_b, h, w, scale, pooled_h, pooled_w, sr,
-                                            False)
-    rois, has_image = _launch_boxes(rois, missing, n_b)
-    out = np.empty((n_rois, c_in, pooled_h, pooled_w), x.dtype)  # NumPy's: see _config
-    if _use_channels_last(idx.size, c_in, h, w, reads, x.dtype.itemsize, _ALIGN_CROSSOVER):
-        _roi_align_nhwc(_channels_last(x, idx), slot, rois, out, _streamed(out), h, w, scale,
-                        sr, bool(aligned))
-    else:
-        _roi_align_planar(x, rois, out, scale, sr, bool(aligned))
-    if has_image is not None:
-        out[~has_image] = 0
-    return out
+    scale, sr, aligned = float(spatial_scale), int(sampling_ratio), bool(aligned)
+    h, w = x.shape[2:]
+    return _run_roi(
+        x, rois, output_size, scale, sr, _ALIGN_CROSSOVER,
+        channels_last=lambda xt, slot, rois, out: _roi_align_nhwc(
+            xt, slot, rois, out, _streamed(out), h, w, scale, sr, aligned),
+        planar=lambda x, rois, out: _roi_align_planar(x, rois, out, scale, sr, aligned))
 
 
 # --------------------------------------------------------------------------- roi_pool
@@ -837,24 +852,13 @@ def roi_pool(x, rois, *, output_size, spatial_scale):
     -------
     out : numpy.ndarray, shape (K, C, pooled_h, pooled_w)
     """
-    n_b, c_in, h, w = x.shape
-    pooled_h, pooled_w = output_size
-    n_rois = rois.shape[0]
-    if n_rois == 0 or c_in == 0:
-        return np.zeros((n_rois, c_in, pooled_h, pooled_w), x.dtype)
     scale = float(spatial_scale)
-    missing, idx, slot, reads = _scan_boxes(rois, n_b, h, w, scale, pooled_h, pooled_w, 0,
-                                            True)
-    rois, has_image = _launch_boxes(rois, missing, n_b)
-    out = np.empty((n_rois, c_in, pooled_h, pooled_w), x.dtype)  # NumPy's: see _config
-    if _use_channels_last(idx.size, c_in, h, w, reads, x.dtype.itemsize, _POOL_CROSSOVER):
-        _roi_pool_nhwc(_channels_last(x, idx), slot, rois, out, _streamed(out), h, w, scale,
-                       _COORD_LIMIT)
-    else:
-        _roi_pool_planar(x, rois, out, scale, _COORD_LIMIT)
-    if has_image is not None:
-        out[~has_image] = 0
-    return out
+    h, w = x.shape[2:]
+    return _run_roi(
+        x, rois, output_size, scale, None, _POOL_CROSSOVER,
+        channels_last=lambda xt, slot, rois, out: _roi_pool_nhwc(
+            xt, slot, rois, out, _streamed(out), h, w, scale, _COORD_LIMIT),
+        planar=lambda x, rois, out: _roi_pool_planar(x, rois, out, scale, _COORD_LIMIT))
 
 
 __all__ = ["count_bad_boxes", "roi_align", "roi_pool"]
