@@ -16,7 +16,12 @@ Besides each case's default launches, the launches of every other arm of
 ``bench/ab_cupy_variants.py`` (the optional kernel paths, off by default) are listed
 as ``"<case> [<settings>]"``.
 
+The numba.cuda backend's kernels get the same report with ``--numba``: each kernel's
+PTX (``numba.cuda.compile_ptx``) assembled by nvJitLink with ptxas' verbose report
+(``fastconv.backends.numba_cuda._resources``), float32 and float64, sm_80 and sm_90.
+
     python bench/kernel_resources.py --json bench/results/<date>-nvrtc-resources.json
+    python bench/kernel_resources.py --numba --json bench/results/<date>-numba-resources.json
 """
 
 from __future__ import annotations
@@ -117,10 +122,74 @@ def markdown(plans, usage) -> str:
     return "\n".join(lines)
 
 
+NUMBA_MODULES = ("conv", "deform", "roi", "_copy", "resample")
+
+
+def numba_usage() -> dict[str, dict[str, dict]]:
+    """``{arch: {"<module>.<kernel> <dtype>": usage + {"threads"}}}`` for every numba.cuda
+    kernel (``ptx_cases`` of each backend module), with the block size it is launched with."""
+    import importlib
+
+    import numpy as np
+
+    from fastconv.backends.numba_cuda import _resources
+
+    out: dict[str, dict[str, dict]] = {}
+    for arch in ("sm_80", "sm_90"):
+        out[arch] = {}
+        for module in NUMBA_MODULES:
+            mod = importlib.import_module(f"fastconv.backends.numba_cuda.{module}")
+            for dtype in (np.float32, np.float64):
+                for name, kernel, argtypes in mod.ptx_cases(dtype):
+                    u = _resources.resource_usage(kernel, argtypes, arch)
+                    u["threads"] = _resources.launch_threads(name)
+                    out[arch][f"{module}.{name} {np.dtype(dtype).name}"] = u
+    return out
+
+
+def numba_markdown(usage) -> str:
+    lines = ["| kernel | dtype | arch | registers | static smem | spills (st/ld) "
+             "| threads/block | blocks/SM |", "|---|---|---|---|---|---|---|---|"]
+    for arch, kernels in usage.items():
+        for key, u in kernels.items():
+            name, dtype = key.rsplit(" ", 1)
+            regs_per_warp = -(-u["registers"] * 32 // 256) * 256
+            warps = -(-u["threads"] // 32)
+            blocks = min(REGS_PER_SM // (regs_per_warp * warps),
+                         SMEM_PER_SM[arch] // (u["static_smem_bytes"] + 1024),
+                         THREADS_PER_SM // u["threads"])
+            lines.append(f"| `{name}` | {dtype} | {arch} | {u['registers']} | "
+                         f"{u['static_smem_bytes']} | {u['spill_store_bytes']}/"
+                         f"{u['spill_load_bytes']} | {u['threads']} | {blocks} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="write the report here")
+    parser.add_argument("--numba", action="store_true",
+                        help="report the numba.cuda backend's kernels instead (nvJitLink)")
     args = parser.parse_args(argv)
+    if args.numba:
+        import numba_cuda
+        from cuda.bindings import nvjitlink
+
+        usage = numba_usage()
+        report = {
+            "date": datetime.date.today().isoformat(),
+            "what": "ptxas resource report (nvJitLink -verbose on numba.cuda.compile_ptx's "
+                    "PTX) of every numba_cuda-backend kernel, with its launch block size "
+                    "(no GPU used)",
+            "numba_cuda": numba_cuda.__version__,
+            "nvjitlink": ".".join(map(str, nvjitlink.version())),
+            "archs": list(usage),
+            "kernels": usage,
+        }
+        print(numba_markdown(usage))
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+            print(f"\nwrote {args.json}")
+        return
     from cuda.bindings import nvrtc
 
     plans = planned_launches()

@@ -8,6 +8,7 @@ inlined (no calls), and float32 kernels do no float64 arithmetic.
 numba.cuda is imported inside the tests only, so collecting this file does not import it.
 """
 
+import functools
 import importlib
 import importlib.util
 import os
@@ -27,20 +28,27 @@ pytestmark = [
     ),
 ]
 
-MODULES = ["conv", "deform", "roi", "_copy"]
+MODULES = ["conv", "deform", "roi", "_copy", "resample"]
+
+
+@functools.cache
+def compiled_ptx(module: str, dtype_name: str, cc: tuple) -> tuple:
+    """``((name, ptx), ...)`` for every kernel of a backend module (compiled once per
+    process: the PTX and the resource tests share it)."""
+    from numba import cuda
+
+    mod = importlib.import_module(f"fastconv.backends.numba_cuda.{module}")
+    return tuple((name, cuda.compile_ptx(kernel.py_func, argtypes, cc=cc)[0])
+                 for name, kernel, argtypes in mod.ptx_cases(np.dtype(dtype_name).type))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("module", MODULES)
 def test_kernels_compile_to_ptx(module, dtype):
-    from numba import cuda
-
-    mod = importlib.import_module(f"fastconv.backends.numba_cuda.{module}")
-    cases = mod.ptx_cases(dtype)
+    cases = compiled_ptx(module, np.dtype(dtype).name, (9, 0))
     assert cases
     problems = []
-    for name, kernel, argtypes in cases:
-        ptx, _ = cuda.compile_ptx(kernel.py_func, argtypes, cc=(9, 0))
+    for name, ptx in cases:
         if ".entry" not in ptx or ".target sm_90" not in ptx:
             problems.append(f"{name}: no sm_90 kernel entry in the PTX")
         if re.search(r"\b(ld|st)\.local\b", ptx):
@@ -96,3 +104,54 @@ def test_kernels_compile_where_numpy_has_no_row_stack():
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "compiled" in proc.stdout
+
+
+#: kernels with a known, recorded spill (``bench/results/*-numba-resources.json``):
+#: (module, ptx_cases name, dtype, arch).  The float64 deformable GEMM with 64-row tiles
+#: needs every one of the 255 registers on sm_90 and spills 40 bytes; float64 is not a
+#: benchmark dtype, and the 32-row form (200 registers) does not spill.
+KNOWN_SPILLS = {("deform", "deform_conv2d_gemm64", "float64", "sm_90")}
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("module", MODULES)
+def test_resource_usage(module, arch):
+    """ptxas' real report (through nvJitLink): every kernel fits its block in one SM's
+    register file and static shared-memory window, and none spills to local memory
+    (the PTX check above cannot see spills: ptxas makes them after PTX)."""
+    pytest.importorskip("cuda.bindings.nvjitlink")
+    from fastconv.backends.numba_cuda import _resources
+
+    cc = (int(arch[3:-1]), int(arch[-1]))
+    problems = []
+    for dtype in ("float32", "float64"):
+        for name, ptx in compiled_ptx(module, dtype, cc):
+            u = _resources.ptx_usage(ptx, arch)
+            what = f"{name} {dtype} {arch}: {u}"
+            if u["registers"] * _resources.launch_threads(name) > 65536:
+                problems.append(f"{what}: the block does not fit one SM's registers")
+            if u["static_smem_bytes"] > 48 * 1024:
+                problems.append(f"{what}: more than 48 KiB of static shared memory")
+            spills = u["spill_store_bytes"] + u["spill_load_bytes"]
+            if spills and (module, name, dtype, arch) not in KNOWN_SPILLS:
+                problems.append(f"{what}: spills")
+    assert not problems, "\n".join(problems)
+
+
+def test_resource_report_parses_spills_and_link_errors():
+    """The parser reads the numbers ptxas prints, and a bad PTX is an error with the log."""
+    pytest.importorskip("cuda.bindings.nvjitlink")
+    from fastconv.backends.numba_cuda import _resources
+
+    log = ("ptxas info    : Function properties for k\n"
+           "ptxas         .     32 bytes stack frame, 40 bytes spill stores, 44 bytes spill loads\n"
+           "ptxas info    : Used 255 registers, used 1 barriers\n"
+           "info    : used 255 registers, used 1 barriers, 32 stack, 17920 bytes smem, "
+           "952 bytes cmem[0], 0 bytes lmem\n")
+    assert _resources.parse(log) == {
+        "registers": 255, "stack_bytes": 32, "spill_store_bytes": 40,
+        "spill_load_bytes": 44, "static_smem_bytes": 17920}
+    with pytest.raises(_resources.LinkError, match="no resource report"):
+        _resources.parse("ptxas info : 0 bytes gmem\n")
+    with pytest.raises(_resources.LinkError):
+        _resources._link_log(".version 8.0\n.target sm_90\nnot ptx at all\n", "sm_90")

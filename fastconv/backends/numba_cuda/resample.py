@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from ._launch import cdiv, current_stream, empty, launch, scalar, settings
+from ._launch import cdiv, current_stream, empty, launch, numba_arg_types, scalar, settings
 
 __all__ = [
     "clip",
@@ -196,12 +196,16 @@ def _copy_into(src, dst, offset):
 
 
 @cuda.jit(cache=True)
-def _minmax_partial(x, lo, hi):
-    """Per-thread NaN-ignoring min and max of a grid-stride slice of flat ``x``."""
+def _minmax_partial(x, inf, lo, hi):
+    """Per-thread NaN-ignoring min and max of a grid-stride slice of flat ``x``.
+
+    ``inf`` is passed in ``x``'s dtype (and ``lo``, ``hi`` have it) so that a float32
+    reduction compares in float32, not in float64 as ``np.inf`` would make it.
+    """
     tid = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
     step = cuda.gridDim.x * cuda.blockDim.x
-    mn = np.inf
-    mx = -np.inf
+    mn = inf
+    mx = -inf
     for t in range(tid, x.shape[0], step):
         v = x[t]
         if v < mn:
@@ -233,6 +237,34 @@ def _run(kernel, total, *args):
     grid = (max(1, min(cdiv(total, block), settings.max_grid[0])),)
     skey, stream = current_stream()
     launch(kernel, grid, block, skey, stream, *args)
+
+
+def ptx_cases(T):
+    """``[(name, kernel, argtypes)]`` for every kernel of this module and float type ``T``.
+
+    Index tables are int64 (``fastconv.image`` builds them so); ``_to_planes`` reads the
+    image in its own dtype, so it is listed for a uint8 and a ``T`` source.
+    """
+    from numba import types
+
+    f, i, a1, a2, a4 = numba_arg_types(T)
+    i1 = types.Array(types.int64, 1, "C")
+    i2 = types.Array(types.int64, 2, "C")
+    a3 = types.Array(f, 3, "A")
+    u3 = types.Array(types.uint8, 3, "A")
+    return [
+        ("gather", _gather, (a4, i1, i1, f, a4)),
+        ("lerp", _lerp, (a4, i2, a2, i2, a2, f, a4)),
+        ("filter_h", _filter_h, (a4, a1, i1, i, f, a4)),
+        ("filter_w", _filter_w, (a4, a1, i1, i, f, a4)),
+        ("to_planes", _to_planes, (a3, i, f, f, types.boolean, a4)),
+        ("to_planes_uint8", _to_planes, (u3, i, f, f, types.boolean, a4)),
+        ("from_planes", _from_planes, (a4, i, types.Array(f, 4, "C"))),
+        ("subtract", _subtract, (a1, a1, a1)),
+        ("copy_into", _copy_into, (a1, a1, i)),
+        ("minmax_partial", _minmax_partial, (a1, f, a1, a1)),
+        ("clip", _clip, (a1, f, f, a1)),
+    ]
 
 
 # ----------------------------------------------------------------------------- ops
@@ -314,10 +346,11 @@ def minmax(x):
         return float("nan"), float("nan")
     block = settings.block
     grid = max(1, min(_MINMAX_BLOCKS, cdiv(x.size, block), settings.max_grid[0]))
-    lo = empty((grid * block,), np.float64)
-    hi = empty((grid * block,), np.float64)
+    lo = empty((grid * block,), x.dtype)
+    hi = empty((grid * block,), x.dtype)
     skey, stream = current_stream()
-    launch(_minmax_partial, (grid,), block, skey, stream, x.reshape(x.size), lo, hi)
+    launch(_minmax_partial, (grid,), block, skey, stream, x.reshape(x.size),
+           scalar(x.dtype, np.inf), lo, hi)
     mn = float(lo.copy_to_host(stream=stream if skey else 0).min())
     mx = float(hi.copy_to_host(stream=stream if skey else 0).max())
     if mn > mx:  # nothing but NaN
