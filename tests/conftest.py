@@ -15,6 +15,13 @@ import importlib.util
 import os
 from pathlib import Path
 
+# Idle GNU OpenMP threads sleep instead of spinning.  pytest-xdist runs one process per
+# core, each with numba's full thread pool, and spinning threads then take the cores the
+# other workers need: on the 2-core CI machine, tests/test_cpu_conv_paths.py took 102 s
+# of CPU (75 s wall) spinning and 59 s (56 s) passive.  Set before numba starts its
+# threading layer; child processes inherit it.  Results do not depend on it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
@@ -59,8 +66,34 @@ def dtype(request):
     return np.dtype(request.param)
 
 
+#: tests that each run a long child process (1-4 minutes on the 2-core CI machine) and do
+#: not use this process's numba cache: started first, longest first, so that pytest-xdist's
+#: other worker works through the rest meanwhile instead of one of them ending the run alone
+RUN_FIRST = (
+    "tests/test_cupy_emulated.py::test_cupy_kernels_in_the_emulator",
+    "tests/test_numba_cuda_simulator.py::",
+    "tests/test_cupy_emulated.py::test_no_shared_memory_races",
+    "tests/test_cpu_conv_paths.py::test_avx2_target_in_subprocess",
+)
+#: ... and ones whose child process compiles every CPU kernel again unless the on-disk
+#: cache is warm: started last, when the other tests have filled it
+RUN_LAST = ("tests/test_cli.py::test_check_passes_on_cpu",)
+
+
+def _run_order(item) -> int:
+    nodeid = item.nodeid.replace("\\", "/")
+    first = [i for i, prefix in enumerate(RUN_FIRST) if nodeid.startswith(prefix)]
+    if first:
+        return first[0]  # longest first
+    return len(RUN_FIRST) + (1 if nodeid.startswith(RUN_LAST) else 0)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Without ``cpu`` in ``FASTCONV_TEST_BACKENDS``, keep only the tests that use a backend."""
+    """Long child-process tests first (see ``RUN_FIRST``), then the rest in file order.
+
+    Without ``cpu`` in ``FASTCONV_TEST_BACKENDS``, keep only the tests that use a backend.
+    """
+    items.sort(key=_run_order)  # stable: every xdist worker collects the same order
     if "cpu" in TEST_BACKENDS:
         return
     keep, drop = [], []

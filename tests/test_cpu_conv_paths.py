@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from fastconv import reference
+from fastconv.backends.cpu import _config
 from fastconv.backends.cpu import conv as cpu_conv
 
 TOL = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}
@@ -37,6 +38,28 @@ def hooks(monkeypatch):
             monkeypatch.setattr(cpu_conv, name, value)
 
     return set_
+
+
+#: the register tile for tests of choices made at run time (flat layout rows, ring size,
+#: reduction blocks): every (KB, NV) is a kernel compiled of its own (~3-9 s on the CI
+#: machine), and these tests' shapes would otherwise each pick a different one; the tiles
+#: themselves are tested by the tests that force or sit on them
+RUNTIME_TILE = (4, 2)
+
+
+@pytest.fixture(autouse=True)
+def serial_twins(request, monkeypatch):
+    """Run the kernels' serial twins here, unless a test is marked ``numba_parallel``.
+
+    These tests are about the kernels' logic (tiles, layouts, tap tables, work items), and
+    the twin is the same code with ``prange`` as ``range``: its worker loop still splits the
+    items over ``nth`` workers, one after the other.  Numba compiles it about 3x faster
+    (2.9 s against 8.6 s for a row kernel, measured on the CI machine), and these tests
+    reach ~130 kernel variants.  The parallel kernels run in the tests marked
+    ``numba_parallel`` and in every other test file.
+    """
+    if request.node.get_closest_marker("numba_parallel") is None:
+        monkeypatch.setattr(_config, "_serial_only", True)
 
 
 def _rand(shape, dtype, seed):
@@ -121,7 +144,7 @@ def test_output_channels_around_tile_height(dtype, K):
 def test_reduction_blocks_partial_sums(dtype, hooks, l1_bytes):
     # a tiny L1 budget gives one input channel per block (partial sums through the row
     # buffer on every block); a huge one a single block
-    hooks(_L1_BLOCK_BYTES=l1_bytes)
+    hooks(_L1_BLOCK_BYTES=l1_bytes, _FORCE_TILE=RUNTIME_TILE)
     run_conv(dtype, 1, 19, 9, 21, 7, 1, 3, 3, padding=(1, 1), dilation=(2, 1))
     run_conv(dtype, 1, 12, 9, 21, 9, 3, 3, 3, padding=(1, 1))
     run_convt(dtype, 1, 19, 6, 7, 5, 1, 4, 4, stride=(2, 2), padding=(1, 1))
@@ -150,6 +173,7 @@ def test_one_by_one_and_strided_one_by_one(dtype, hooks, pointwise):
     run_conv(dtype, 2, 16, 9, 33, 24, 1, 1, 1, stride=(2, 2))
 
 
+@pytest.mark.numba_parallel
 def test_benchmark_like_shapes_small(dtype):
     # scaled-down versions of the BENCHMARKS.md cases (same structure, fewer pixels)
     run_conv(dtype, 1, 32, 20, 64, 32, 1, 3, 3, padding=(6, 6), dilation=(6, 6))  # dilated_aspp
@@ -159,21 +183,23 @@ def test_benchmark_like_shapes_small(dtype):
     run_convt(dtype, 1, 16, 7, 9, 8, 1, 4, 4, stride=(2, 2), padding=(1, 1))  # decoder
 
 
+@pytest.mark.numba_parallel
 @pytest.mark.parametrize("ring", [None, 1, 40])
 def test_packed_row_ring_sizes(dtype, hooks, ring):
     # the smallest ring (one output row's span: every row re-packed as it is evicted) and
     # a large one; the ring is keyed per (image, group, row), so batches and groups and
     # transposed row phases share it
-    hooks(_FORCE_RING=ring)
+    hooks(_FORCE_RING=ring, _FORCE_TILE=RUNTIME_TILE)
     run_conv(dtype, 3, 6, 15, 20, 4, 2, 3, 3, stride=(2, 1), padding=(2, 1), dilation=(3, 1))
     run_convt(dtype, 2, 4, 9, 11, 3, 2, 4, 3, stride=(3, 2), padding=(1, 1), output_padding=(2, 0))
 
 
+@pytest.mark.numba_parallel
 @pytest.mark.parametrize("flat", [0, 1, 3, 100])
 def test_flat_layout_rows_per_item(dtype, hooks, flat):
     # stride-1 convs may use the flat layout (output rows concatenated at width
     # Wo + dW*(kW - 1)): never (0), one row per item, a partial last block, whole images
-    hooks(_FORCE_FLAT=flat)
+    hooks(_FORCE_FLAT=flat, _FORCE_TILE=RUNTIME_TILE)
     run_conv(dtype, 2, 6, 13, 21, 10, 2, 3, 2, padding=(1, 0), dilation=(2, 3))
     run_conv(dtype, 1, 8, 7, 7, 16, 1, 3, 3, padding=(1, 1))
     run_conv(dtype, 1, 3, 9, 5, 4, 1, 5, 5, padding=(2, 2), bias=False)
@@ -188,11 +214,12 @@ def test_small_images_and_odd_widths(dtype, hooks, flat):
     run_conv(dtype, 1, 16, 9, 56, 16, 2, 3, 3, padding=(1, 1))
 
 
+@pytest.mark.numba_parallel
 @pytest.mark.parametrize("kgroups", [1, 2, 3, 100])
 def test_output_channel_groups(dtype, hooks, kgroups):
     # work items split over output-channel blocks (the last group may end on the shifted
     # last block)
-    hooks(_FORCE_KGROUPS=kgroups, _FORCE_TILE=(4, 2))
+    hooks(_FORCE_KGROUPS=kgroups, _FORCE_TILE=RUNTIME_TILE)
     run_conv(dtype, 1, 5, 6, 40, 13, 1, 3, 3, padding=(1, 1))
     run_conv(dtype, 1, 5, 6, 40, 13, 1, 3, 3, padding=(1, 1), stride=(2, 2))
     run_convt(dtype, 1, 5, 4, 9, 13, 1, 4, 4, stride=(2, 2), padding=(1, 1))
@@ -515,6 +542,7 @@ def test_inf_input_gives_inf_not_nan():
     assert np.isfinite(out).sum() == out.size - 9
 
 
+@pytest.mark.numba_parallel
 def test_respects_thread_count(dtype):
     import numba
 

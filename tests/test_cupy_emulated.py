@@ -45,8 +45,16 @@ def _runtime(name: str) -> str | None:
     return path if os.path.isabs(path) and os.path.exists(path) else None
 
 
+#: random configurations per op x dtype in the emulated child (the suite's default is 200):
+#: under AddressSanitizer the child is the suite's longest test, and the emulator also
+#: runs fixed cases of every kernel instantiation (tests/cupy_emu/test_kernel_paths.py).
+#: FASTCONV_TEST_EXAMPLES, when set, applies to the child as well.
+EMULATED_EXAMPLES = "100"
+
+
 def _env(sanitizer: str) -> dict:
     env = dict(os.environ, FASTCONV_TEST_BACKENDS=emulator.NAME)
+    env.setdefault("FASTCONV_TEST_EXAMPLES", EMULATED_EXAMPLES)
     if sanitizer == "address" and _runtime("libasan.so"):
         env.update(
             LD_PRELOAD=_runtime("libasan.so"),
