@@ -41,9 +41,9 @@ def hooks(monkeypatch):
 
 
 #: the register tile for tests of choices made at run time (flat layout rows, ring size,
-#: reduction blocks): every (KB, NV) is a kernel compiled of its own (~3-9 s on the CI
-#: machine), and these tests' shapes would otherwise each pick a different one; the tiles
-#: themselves are tested by the tests that force or sit on them
+#: reduction blocks, output-channel groups): every (KB, NV) is a kernel compiled of its
+#: own (~3-9 s on the CI machine), and these tests' shapes would otherwise each pick a
+#: different one; the tiles themselves are tested by the tests that force or sit on them
 RUNTIME_TILE = (4, 2)
 
 
@@ -55,7 +55,7 @@ def serial_twins(request, monkeypatch):
     the twin is the same code with ``prange`` as ``range``: its worker loop still splits the
     items over ``nth`` workers, one after the other.  Numba compiles it about 3x faster
     (2.9 s against 8.6 s for a row kernel, measured on the CI machine), and these tests
-    reach ~130 kernel variants.  The parallel kernels run in the tests marked
+    reach over a hundred kernel variants.  The parallel kernels run in the tests marked
     ``numba_parallel`` and in every other test file.
     """
     if request.node.get_closest_marker("numba_parallel") is None:
