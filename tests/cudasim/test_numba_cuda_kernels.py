@@ -97,6 +97,9 @@ CONVT = [
     (1, 3, 4, 2, 2, (2, 1), (3, 1), (0, 0), (2, 0), (2, 1), 1, True),  # kH < sH: bias-only rows
     (1, 2, 3, 3, 4, (3, 3), (2, 2), (1, 1), (1, 1), (2, 2), 1, False),  # gcd(s, d) = 2
     (2, 2, 2, 3, 5, (2, 3), (1, 2), (1, 0), (0, 1), (1, 1), 2, False),
+    # 11 x 11 output at stride 2: phases of 36, 30, 30 and 25 pixels, so the GEMM's 5 pixel
+    # tiles (of 8) per phase run past the end of the smallest phase, which skips the last one
+    (1, 2, 5, 5, 4, (3, 3), (2, 2), (0, 0), (0, 0), (1, 1), 1, True),
 ]
 
 
@@ -571,7 +574,7 @@ def test_small_launch_settings_are_in_effect():
         assert mod.settings is _launch.settings
     assert _launch.settings.block == 8 and _launch.settings.max_grid == (2, 2, 2)
     assert _launch.grid_2d(1000, 1000, 8) == (2, 2)
-    assert _launch.grid_3d(5, 5, 5) == (2, 2, 2)
+    assert _launch.grid_tiles(5) == (2,)
     assert _launch.choose_tiles(5, 8, 100, 1) == _launch.settings.tiles_wide or (
         _launch.settings.gemm_min_channels > 5
     )

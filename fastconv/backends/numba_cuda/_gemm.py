@@ -24,11 +24,17 @@ Loader layout (the same in every kernel):
 The ops differ only in how a reduction index maps to weight and input coordinates; they keep
 that mapping as small mixed-radix counters that are advanced by ``BK`` per chunk, so there is
 no integer division in the inner loops.
+
+The grid is one-dimensional over all the tiles (:func:`tile_coords`: pixel tile fastest, then
+channel tile, then image x group), grid-strided.  Three nested grid-stride loops (x, y, z)
+kept every loop's state live at once: with them, ptxas gave the 64x64 float32 conv2d kernel
+202 registers (one 256-thread block per SM); with one loop and the unsigned shared-memory
+indices of ``mma_chunk``, 128 (two blocks per SM), with no spills.
 """
 
 from __future__ import annotations
 
-from numba import cuda
+from numba import cuda, uint64
 
 _cache: dict = {}
 
@@ -74,8 +80,28 @@ def advance2(hi, lo, dhi, dlo, nlo):
     return hi, lo
 
 
+@cuda.jit(device=True, inline="always")
+def split_row(r, ni, nj):
+    """The reduction counter ``(c, i, j)`` (digits of radix ``ni`` and ``nj``) of row ``r``."""
+    c = r // (ni * nj)
+    rest = r - c * (ni * nj)
+    i = rest // nj
+    return c, i, rest - i * nj
+
+
+@cuda.jit(device=True, inline="always")
+def tile_coords(tile, n_pt, n_mt):
+    """``(pixel tile, channel tile, image x group)`` of a flat tile index (pixel tile fastest,
+    so consecutive blocks share their weight tile)."""
+    pt = tile % n_pt
+    rest = tile // n_pt
+    mt = rest % n_mt
+    return pt, mt, rest // n_mt
+
+
 def functions(T, tiles):
-    """``(mma_chunk, zero_acc)`` device functions for float type ``T`` and a tile shape."""
+    """``(mma_chunk, zero_acc, stage_b_rows, store_tile)`` device functions for float type
+    ``T`` and a tile shape."""
     key = (T, tiles)
     fns = _cache.get(key)
     if fns is None:
@@ -84,6 +110,7 @@ def functions(T, tiles):
 
 
 def _build(T, tiles):
+    RPT = tiles.BK * tiles.BN // tiles.threads  # B rows per loader thread
     BK = tiles.BK
     TM = tiles.TM
     TN = tiles.TN
@@ -98,14 +125,61 @@ def _build(T, tiles):
 
     @cuda.jit(device=True, inline="always")
     def mma_chunk(As, Bs, acc, ra, rb, tx, ty):
-        """``acc += As[ty rows, :] @ Bs[:, tx columns]`` for one staged ``BK`` chunk."""
+        """``acc += As[ty rows, :] @ Bs[:, tx columns]`` for one staged ``BK`` chunk.
+
+        The shared-memory indices are unsigned: with signed ones numba adds its negative-index
+        wrap-around, and LLVM then kept ``TM + TN`` separate 64-bit addresses live instead of
+        two bases with constant offsets (about 70 registers more over the whole kernel, and the
+        ``kk`` loop not unrolled).
+        """
         for kk in range(BK):
+            ukk = uint64(kk)
             for a in range(TM):
-                ra[a] = As[ty + TYS * a, kk]
+                ra[a] = As[uint64(ty + TYS * a), ukk]
             for b in range(TN):
-                rb[b] = Bs[kk, tx + TXS * b]
+                rb[b] = Bs[ukk, uint64(tx + TXS * b)]
             for a in range(TM):
                 for b in range(TN):
                     acc[a * TN + b] += ra[a] * rb[b]
 
-    return mma_chunk, zero_acc
+    @cuda.jit(device=True, inline="always")
+    def stage_b_rows(x, Bs, n, cbase, c, i, j, c_end, iy0, ix0, dy, dx, ni, nj, krb, pc):
+        """Stage this thread's ``RPT`` rows of the ``B`` tile (column ``pc``, rows from
+        ``krb``) for conv2d and conv_transpose2d: the row with reduction counter ``(c, i, j)``
+        holds input pixel ``(iy0 + i * dy, ix0 + j * dx)`` of channel ``cbase + c``, or zero
+        outside the image and from channel ``c_end`` on."""
+        H = x.shape[2]
+        W = x.shape[3]
+        for row in range(RPT):
+            v = zero
+            if c < c_end:
+                iy = iy0 + i * dy
+                ix = ix0 + j * dx
+                if iy >= 0 and iy < H and ix >= 0 and ix < W:
+                    v = x[n, cbase + c, iy, ix]
+            Bs[krb + row, pc] = v
+            c, i, j = next_row(c, i, j, ni, nj)
+
+    @cuda.jit(device=True, inline="always")
+    def store_tile(out, b, acc, n, kbase, m0, p0, tx, ty, Kg, P, Wp, y0, sy, x0, sx):
+        """``out[n, kbase + m, y, x] = acc + b[kbase + m]`` for this thread's ``TM x TN``
+        outputs (``b`` may be empty).  The GEMM's pixel ``p`` (of ``P``, in rows of ``Wp``)
+        is the output pixel ``y = y0 + sy * (p // Wp)``, ``x = x0 + sx * (p % Wp)``: the
+        plain raster order for conv2d (0, 1, 0, 1), an output phase for conv_transpose2d.
+        ``out`` stays 4-D: a flat view would cost a DeviceNDArray per call on the host
+        (4.4 us) to save at most 4 registers."""
+        for a in range(TM):
+            m = m0 + ty + TYS * a
+            if m < Kg:
+                bias = zero
+                if b.shape[0] != 0:
+                    bias = b[kbase + m]
+                for bb in range(TN):
+                    p = p0 + tx + TXS * bb
+                    if p < P:
+                        u = p // Wp
+                        y = y0 + sy * u
+                        x = x0 + sx * (p - u * Wp)
+                        out[n, kbase + m, y, x] = acc[a * TN + bb] + bias
+
+    return mma_chunk, zero_acc, stage_b_rows, store_tile

@@ -235,10 +235,9 @@ def grid_2d(n_x: int, n_y: int, block: int):
     return (max(1, min(cdiv(n_x, block), gx)), max(1, min(n_y, gy)))
 
 
-def grid_3d(n_x: int, n_y: int, n_z: int):
-    """Grid over tiles: every count >= 1 and capped (kernels grid-stride over the rest)."""
-    gx, gy, gz = settings.max_grid
-    return (max(1, min(n_x, gx)), max(1, min(n_y, gy)), max(1, min(n_z, gz)))
+def grid_tiles(n_tiles: int):
+    """1-D grid of an implicit-GEMM kernel over ``n_tiles`` tiles (grid-strided past the cap)."""
+    return (max(1, min(n_tiles, settings.max_grid[0])),)
 
 
 def empty(shape, dtype):
@@ -284,3 +283,4 @@ def numba_arg_types(T):
         types.Array(ft, 2, "C"),
         types.Array(ft, 4, "C"),
     )
+

@@ -90,11 +90,21 @@ def resource_usage(kernel, argtypes, arch: str = "sm_90") -> dict:
     >>> sorted(u)  # doctest: +SKIP
     ['registers', 'spill_load_bytes', 'spill_store_bytes', 'stack_bytes', 'static_smem_bytes']
     """
+    cc = (int(arch[3:-1]), int(arch[-1]))
+    return ptx_usage(kernel_ptx(kernel, argtypes, cc), arch)
+
+
+def kernel_ptx(kernel, argtypes, cc: tuple) -> str:
+    """The PTX of a ``numba.cuda.jit`` kernel for one signature and compute capability, built
+    with the kernel's own launch bounds and fastmath (``compile_ptx`` of the bare Python
+    function would drop them, and report other registers than the launched kernel has)."""
     from numba import cuda
 
-    cc = (int(arch[3:-1]), int(arch[-1]))
-    ptx, _ = cuda.compile_ptx(kernel.py_func, argtypes, cc=cc)
-    return ptx_usage(ptx, arch)
+    opts = kernel.targetoptions
+    ptx, _ = cuda.compile_ptx(kernel.py_func, argtypes, cc=cc,
+                              launch_bounds=opts.get("launch_bounds"),
+                              fastmath=opts.get("fastmath", False))
+    return ptx
 
 
 def ptx_usage(ptx: str, arch: str) -> dict:

@@ -4,8 +4,8 @@ Two kernels per op:
 
 * ``*_gemm`` -- implicit GEMM (see :mod:`._gemm`) for groups with many output channels:
   ``BM`` output channels x ``BN`` output pixels per block, weights and gathered input staged
-  in shared memory, a ``TM x TN`` register tile per thread.  Grid: x = pixel tiles,
-  y = channel tiles, z = (image, group[, output phase]); all three grid-stride.
+  in shared memory, a ``TM x TN`` register tile per thread.  1-D grid, grid-stride, over
+  the (pixel tile, channel tile, image x group [x output phase]) tiles.
 * ``*_direct`` -- one thread per output element (depthwise and few channels per group):
   grid x over the output pixels of a plane (consecutive threads -> consecutive output x),
   grid y over the (image, output channel) planes, both grid-stride; the weights a block
@@ -21,18 +21,20 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from numba import cuda
 
-from ._gemm import advance, next_row
+from ._gemm import advance, split_row, tile_coords
 from ._gemm import functions as _gemm_functions
 from ._launch import (
+    SIMULATOR,
     absent,
     cdiv,
     choose_tiles,
     current_stream,
     empty,
     grid_2d,
-    grid_3d,
+    grid_tiles,
     launch,
     numba_arg_types,
     settings,
@@ -60,8 +62,13 @@ def conv2d(x, weight, bias, *, stride, padding, dilation, groups, out_hw):
     Kg = K // groups
     tiles = choose_tiles(Kg, Cg * kH * kW, Ho * Wo, N * groups)
     if tiles is not None:
-        grid = grid_3d(cdiv(Ho * Wo, tiles.BN), cdiv(Kg, tiles.BM), N * groups)
-        launch(_gemm_kernels(T, tiles)[0], grid, tiles.threads, skey, stream, *args)
+        # the weight viewed as (K, Cg*kH*kW) rows: the GEMM's A loader then indexes by
+        # reduction row, with no (c, i, j) counter (6 registers fewer: 132 -> 126, which
+        # lets two blocks share an SM); the view costs one DeviceNDArray on the host
+        rows = weight.reshape(K, Cg * kH * kW)
+        n_tiles = cdiv(Ho * Wo, tiles.BN) * cdiv(Kg, tiles.BM) * N * groups
+        launch(_gemm_kernels(T, tiles)[0], grid_tiles(n_tiles), tiles.threads, skey, stream,
+               x, rows, bias, out, kH, kW, *stride, *padding, *dilation, groups)
     else:
         block = settings.block
         grid = grid_2d(Ho * Wo, N * K, block)
@@ -90,7 +97,7 @@ def conv_transpose2d(x, weight, bias, *, stride, padding, dilation, groups, out_
     taps = cdiv(kH, stepI) * cdiv(kW, stepJ)  # at most, per output pixel
     tiles = choose_tiles(Kg, (C // groups) * taps, phase_pixels, n_z)
     if tiles is not None:
-        grid = grid_3d(cdiv(phase_pixels, tiles.BN), cdiv(Kg, tiles.BM), n_z)
+        grid = grid_tiles(cdiv(phase_pixels, tiles.BN) * cdiv(Kg, tiles.BM) * n_z)
         launch(_gemm_kernels(T, tiles)[1], grid, tiles.threads, skey, stream, *args)
     else:
         block = settings.block
@@ -120,14 +127,15 @@ def ptx_cases(T):
     Used by the tests to compile each kernel to PTX without a GPU (a missing bias is a
     zero-size array, so one signature covers both).
     """
-    _, i, a1, _, a4 = numba_arg_types(T)
+    _, i, a1, a2, a4 = numba_arg_types(T)
     conv = (a4, a4, a1, a4) + (i,) * 7
+    conv_gemm = (a4, a2, a1, a4) + (i,) * 9
     cases = []
     d = _direct_kernels(T)
     for tiles in (settings.tiles_wide, settings.tiles_narrow):
         g = _gemm_kernels(T, tiles)
         cases += [
-            (f"conv2d_gemm{tiles.BM}", g[0], conv),
+            (f"conv2d_gemm{tiles.BM}", g[0], conv_gemm),
             (f"conv_transpose2d_gemm{tiles.BM}", g[1], conv + (i, i)),
         ]
     cases += [
@@ -236,41 +244,42 @@ def _build_gemm(T, tiles):
     BM, BN, BK, TM, TN = tiles.BM, tiles.BN, tiles.BK, tiles.TM, tiles.TN
     NT = tiles.threads
     TXS = BN // TN
-    TYS = BM // TM
     RPT = BK * BN // NT  # B rows per thread
     AROWS = NT // BK  # channel rows per A-loader pass
     APT = BM * BK // NT  # A elements per thread
     ACC = TM * TN
     BKP = BK + 1  # padded row of As (no bank conflicts)
     zero = T(0.0)
-    mma_chunk, zero_acc = _gemm_functions(T, tiles)
+    mma_chunk, zero_acc, stage_b_rows, store_tile = _gemm_functions(T, tiles)
 
-    @cuda.jit(cache=True)
-    def conv2d_gemm(x, w, b, out, sH, sW, pH, pW, dH, dW, groups):
-        """Implicit GEMM; reduction index r = (c * kH + i) * kW + j (the weight's own order)."""
+    # float32: two blocks per SM, i.e. at most 128 registers (ptxas takes 119-126 on sm_90
+    # unasked, 129 on sm_80); float64's accumulators take twice the registers and would spill.
+    # (The simulator's jit takes no launch bounds.)
+    bounds = {} if SIMULATOR or T != np.float32 else {"launch_bounds": (NT, 2)}
+
+    @cuda.jit(cache=True, **bounds)
+    def conv2d_gemm(x, w, b, out, kH, kW, sH, sW, pH, pW, dH, dW, groups):
+        """Implicit GEMM; reduction index r = (c * kH + i) * kW + j (the weight's own order,
+        so that ``w``, the weight viewed as (K, Cg*kH*kW), is indexed by it directly)."""
         As = cuda.shared.array((BM, BKP), T)
         Bs = cuda.shared.array((BK, BN), T)
         acc = cuda.local.array(ACC, T)
         ra = cuda.local.array(TM, T)
         rb = cuda.local.array(TN, T)
-        H = x.shape[2]
-        W = x.shape[3]
         K = w.shape[0]
-        Cg = w.shape[1]
-        kH = w.shape[2]
-        kW = w.shape[3]
+        R = w.shape[1]
         Wo = out.shape[3]
         P = out.shape[2] * Wo
         Kg = K // groups
+        Cg = x.shape[1] // groups
         kk = kH * kW
-        R = Cg * kk
-        NZ = out.shape[0] * groups
         n_mt = (Kg + BM - 1) // BM
         n_pt = (P + BN - 1) // BN
+        n_tiles = out.shape[0] * groups * n_mt * n_pt
         tid = cuda.threadIdx.x
         tx = tid % TXS
         ty = tid // TXS
-        # BK as a mixed-radix step (c, i, j)
+        # BK as a mixed-radix step (c, i, j) of the B loader's counter
         bk_c = BK // kk
         bk_r = BK - bk_c * kk
         bk_i = bk_r // kW
@@ -281,84 +290,57 @@ def _build_gemm(T, tiles):
         # B loader: one pixel column, rows krb .. krb + RPT - 1
         pc = tid % BN
         krb = (tid // BN) * RPT
-        for z in range(cuda.blockIdx.z, NZ, cuda.gridDim.z):
+        for tile in range(cuda.blockIdx.x, n_tiles, cuda.gridDim.x):
+            pt, mt, z = tile_coords(tile, n_pt, n_mt)
             n = z // groups
             g = z - n * groups
             kbase = g * Kg
             cbase = g * Cg
-            for mt in range(cuda.blockIdx.y, n_mt, cuda.gridDim.y):
-                m0 = mt * BM
-                for pt in range(cuda.blockIdx.x, n_pt, cuda.gridDim.x):
-                    p0 = pt * BN
-                    pb = p0 + pc
-                    pvalid = pb < P
-                    yb = pb // Wo
-                    iy0 = yb * sH - pH
-                    ix0 = (pb - yb * Wo) * sW - pW
-                    # reduction counters of the A row and of the first B row
-                    ca = kra // kk
-                    ia = (kra - ca * kk) // kW
-                    ja = kra - ca * kk - ia * kW
-                    cb = krb // kk
-                    ib = (krb - cb * kk) // kW
-                    jb = krb - cb * kk - ib * kW
-                    zero_acc(acc)
-                    for _k0 in range(0, R, BK):
-                        for e in range(APT):
-                            m = ma + AROWS * e
-                            v = zero
-                            if m0 + m < Kg and ca < Cg:
-                                v = w[kbase + m0 + m, ca, ia, ja]
-                            As[m, kra] = v
-                        c = cb
-                        i = ib
-                        j = jb
-                        for row in range(RPT):
-                            v = zero
-                            if pvalid and c < Cg:
-                                iy = iy0 + i * dH
-                                ix = ix0 + j * dW
-                                if iy >= 0 and iy < H and ix >= 0 and ix < W:
-                                    v = x[n, cbase + c, iy, ix]
-                            Bs[krb + row, pc] = v
-                            c, i, j = next_row(c, i, j, kH, kW)
-                        cuda.syncthreads()
-                        mma_chunk(As, Bs, acc, ra, rb, tx, ty)
-                        cuda.syncthreads()
-                        # both loaders' counters move on by BK
-                        ca, ia, ja = advance(ca, ia, ja, bk_c, bk_i, bk_j, kH, kW)
-                        cb, ib, jb = advance(cb, ib, jb, bk_c, bk_i, bk_j, kH, kW)
-                    for bb in range(TN):
-                        p = p0 + tx + TXS * bb
-                        if p < P:
-                            yo = p // Wo
-                            xo = p - yo * Wo
-                            for a in range(TM):
-                                m = m0 + ty + TYS * a
-                                if m < Kg:
-                                    v = acc[a * TN + bb]
-                                    if b.shape[0] != 0:
-                                        v += b[kbase + m]
-                                    out[n, kbase + m, yo, xo] = v
+            m0 = mt * BM
+            p0 = pt * BN
+            pb = p0 + pc
+            yb = pb // Wo
+            iy0 = yb * sH - pH
+            ix0 = (pb - yb * Wo) * sW - pW
+            # a pixel column past the end loads zeros: no channel is below its bound
+            c_end = Cg if pb < P else 0
+            cb, ib, jb = split_row(krb, kH, kW)  # the B loader's counter of its first row
+            zero_acc(acc)
+            for k0 in range(0, R, BK):
+                for e in range(APT):
+                    m = ma + AROWS * e
+                    v = zero
+                    if m0 + m < Kg and k0 + kra < R:
+                        v = w[kbase + m0 + m, k0 + kra]
+                    As[m, kra] = v
+                stage_b_rows(x, Bs, n, cbase, cb, ib, jb, c_end, iy0, ix0, dH, dW, kH, kW, krb, pc)
+                cuda.syncthreads()
+                mma_chunk(As, Bs, acc, ra, rb, tx, ty)
+                cuda.syncthreads()
+                cb, ib, jb = advance(cb, ib, jb, bk_c, bk_i, bk_j, kH, kW)
+            store_tile(out, b, acc, n, kbase, m0, p0, tx, ty, Kg, P, Wo, 0, 1, 0, 1)
 
     @cuda.jit(cache=True)
     def conv_transpose2d_gemm(x, w, b, out, sH, sW, pH, pW, dH, dW, groups, stepI, stepJ):
-        """Implicit GEMM per output phase; reduction index r = (c * nI + mi) * nJ + mj."""
+        """Implicit GEMM per output phase; reduction index r = (c * nI + mi) * nJ + mj.
+
+        Tiles run over (pixel tile, channel tile, (image, group, phase)); the pixel tiles are
+        counted for the largest phase, and a smaller phase skips the ones past its end.
+        """
         As = cuda.shared.array((BM, BKP), T)
         Bs = cuda.shared.array((BK, BN), T)
         acc = cuda.local.array(ACC, T)
         ra = cuda.local.array(TM, T)
         rb = cuda.local.array(TN, T)
-        H = x.shape[2]
-        W = x.shape[3]
         Cg = x.shape[1] // groups
         Kg = w.shape[1]
         kH = w.shape[2]
         kW = w.shape[3]
         Ho = out.shape[2]
         Wo = out.shape[3]
-        NZ = out.shape[0] * groups * sH * sW
         n_mt = (Kg + BM - 1) // BM
+        n_pt = (((Ho + sH - 1) // sH) * ((Wo + sW - 1) // sW) + BN - 1) // BN
+        n_tiles = out.shape[0] * groups * sH * sW * n_mt * n_pt
         tid = cuda.threadIdx.x
         tx = tid % TXS
         ty = tid // TXS
@@ -366,14 +348,23 @@ def _build_gemm(T, tiles):
         ma = tid // BK
         pc = tid % BN
         krb = (tid // BN) * RPT
-        for z in range(cuda.blockIdx.z, NZ, cuda.gridDim.z):
-            t = z
+        for tile in range(cuda.blockIdx.x, n_tiles, cuda.gridDim.x):
+            pt, mt, t = tile_coords(tile, n_pt, n_mt)
             ax = t % sW
             t = t // sW
             ay = t % sH
             t = t // sH
             g = t % groups
             n = t // groups
+            # output rows y = ay - pH + sH * u for u in [u0, u0 + Hp)
+            u0 = -((ay - pH) // sH)
+            Hp = (Ho - 1 + pH - ay) // sH - u0 + 1
+            v0 = -((ax - pW) // sW)
+            Wp = (Wo - 1 + pW - ax) // sW - v0 + 1
+            p0 = pt * BN
+            if Hp <= 0 or Wp <= 0 or p0 >= Hp * Wp:
+                continue  # past the end of this (smaller) phase
+            P = Hp * Wp
             cbase = g * Cg
             kbase = g * Kg
             # taps of this phase: i = i0 + mi * stepI, iy = u - (e0y + mi * esy)
@@ -393,85 +384,47 @@ def _build_gemm(T, tiles):
                 nJ = (kW - j0 + stepJ - 1) // stepJ
             e0x = (j0 * dW - ax) // sW
             esx = stepJ * dW // sW
-            # output rows y = ay - pH + sH * u for u in [u0, u0 + Hp)
-            u0 = -((ay - pH) // sH)
-            Hp = (Ho - 1 + pH - ay) // sH - u0 + 1
-            v0 = -((ax - pW) // sW)
-            Wp = (Wo - 1 + pW - ax) // sW - v0 + 1
-            if Hp < 0:
-                Hp = 0
-            if Wp < 0:
-                Wp = 0
-            P = Hp * Wp
             taps = nI * nJ
             R = Cg * taps
-            n_pt = (P + BN - 1) // BN
+            m0 = mt * BM
+            pb = p0 + pc
+            ub = pb // Wp
+            iyb = u0 + ub - e0y
+            ixb = v0 + (pb - ub * Wp) - e0x
+            c_end = Cg if pb < P else 0
             bk_c = 0
             bk_i = 0
             bk_j = 0
+            ca = 0
+            ia = 0
+            ja = 0
+            cb = 0
+            ib = 0
+            jb = 0
             if taps > 0:
                 bk_c = BK // taps
                 bk_i = (BK - bk_c * taps) // nJ
                 bk_j = BK - bk_c * taps - bk_i * nJ
-            for mt in range(cuda.blockIdx.y, n_mt, cuda.gridDim.y):
-                m0 = mt * BM
-                for pt in range(cuda.blockIdx.x, n_pt, cuda.gridDim.x):
-                    p0 = pt * BN
-                    pb = p0 + pc
-                    pvalid = pb < P
-                    ub = pb // Wp
-                    iyb = u0 + ub - e0y
-                    ixb = v0 + (pb - ub * Wp) - e0x
-                    ca = 0
-                    ia = 0
-                    ja = 0
-                    cb = 0
-                    ib = 0
-                    jb = 0
-                    if taps > 0:
-                        ca = kra // taps
-                        ia = (kra - ca * taps) // nJ
-                        ja = kra - ca * taps - ia * nJ
-                        cb = krb // taps
-                        ib = (krb - cb * taps) // nJ
-                        jb = krb - cb * taps - ib * nJ
-                    zero_acc(acc)
-                    for _k0 in range(0, R, BK):
-                        for e in range(APT):
-                            m = ma + AROWS * e
-                            v = zero
-                            if m0 + m < Kg and ca < Cg:
-                                v = w[cbase + ca, m0 + m, i0 + ia * stepI, j0 + ja * stepJ]
-                            As[m, kra] = v
-                        c = cb
-                        i = ib
-                        j = jb
-                        for row in range(RPT):
-                            v = zero
-                            if pvalid and c < Cg:
-                                iy = iyb - i * esy
-                                ix = ixb - j * esx
-                                if iy >= 0 and iy < H and ix >= 0 and ix < W:
-                                    v = x[n, cbase + c, iy, ix]
-                            Bs[krb + row, pc] = v
-                            c, i, j = next_row(c, i, j, nI, nJ)
-                        cuda.syncthreads()
-                        mma_chunk(As, Bs, acc, ra, rb, tx, ty)
-                        cuda.syncthreads()
-                        ca, ia, ja = advance(ca, ia, ja, bk_c, bk_i, bk_j, nI, nJ)
-                        cb, ib, jb = advance(cb, ib, jb, bk_c, bk_i, bk_j, nI, nJ)
-                    for bb in range(TN):
-                        p = p0 + tx + TXS * bb
-                        if p < P:
-                            u = p // Wp
-                            yo = ay - pH + sH * (u0 + u)
-                            xo = ax - pW + sW * (v0 + p - u * Wp)
-                            for a in range(TM):
-                                m = m0 + ty + TYS * a
-                                if m < Kg:
-                                    v = acc[a * TN + bb]
-                                    if b.shape[0] != 0:
-                                        v += b[kbase + m]
-                                    out[n, kbase + m, yo, xo] = v
+                ca, ia, ja = split_row(kra, nI, nJ)
+                cb, ib, jb = split_row(krb, nI, nJ)
+            zero_acc(acc)
+            for _k0 in range(0, R, BK):
+                for e in range(APT):
+                    m = ma + AROWS * e
+                    v = zero
+                    if m0 + m < Kg and ca < Cg:
+                        v = w[cbase + ca, m0 + m, i0 + ia * stepI, j0 + ja * stepJ]
+                    As[m, kra] = v
+                # tap mi of the phase reads input row iyb - mi * esy
+                stage_b_rows(x, Bs, n, cbase, cb, ib, jb, c_end, iyb, ixb, -esy, -esx, nI, nJ,
+                             krb, pc)
+                cuda.syncthreads()
+                mma_chunk(As, Bs, acc, ra, rb, tx, ty)
+                cuda.syncthreads()
+                ca, ia, ja = advance(ca, ia, ja, bk_c, bk_i, bk_j, nI, nJ)
+                cb, ib, jb = advance(cb, ib, jb, bk_c, bk_i, bk_j, nI, nJ)
+            # output pixel of phase pixel p: (ay - pH + sH * (u0 + p // Wp), ax - pW + ...)
+            store_tile(out, b, acc, n, kbase, m0, p0, tx, ty, Kg, P, Wp,
+                       ay - pH + sH * u0, sH, ax - pW + sW * v0, sW)
 
     return conv2d_gemm, conv_transpose2d_gemm

@@ -5,8 +5,8 @@
   reduction runs tap-major (``r = tap * C_g + c``), and every loader thread keeps the sample
   set-up (corners, weights, mask value) of its current (tap, offset group) in registers, so
   the bilinear weights of a sample point are computed once and reused for all the channels
-  of its offset group that the thread stages.  Grid: x = pixel tiles, y = output-channel
-  tiles, z = (image, weight group), all grid-stride.
+  of its offset group that the thread stages.  1-D grid, grid-stride, over the (pixel
+  tile, output-channel tile, image x weight group) tiles.
 * ``deform_conv2d_direct`` -- one thread per output element (few output channels per
   group): for every tap, the sample set-up is computed once per offset group and reused
   across that group's channels.
@@ -19,7 +19,7 @@ from __future__ import annotations
 from numba import cuda
 
 from ._bilinear import functions as _bilinear_functions
-from ._gemm import advance2
+from ._gemm import advance2, tile_coords
 from ._gemm import functions as _gemm_functions
 from ._launch import (
     absent,
@@ -28,7 +28,7 @@ from ._launch import (
     current_stream,
     empty,
     grid_2d,
-    grid_3d,
+    grid_tiles,
     launch,
     numba_arg_types,
     settings,
@@ -56,8 +56,8 @@ def deform_conv2d(
     Kg = K // groups
     tiles = choose_tiles(Kg, Cg * kH * kW, Ho * Wo, N * groups)
     if tiles is not None:
-        grid = grid_3d(cdiv(Ho * Wo, tiles.BN), cdiv(Kg, tiles.BM), N * groups)
-        launch(_gemm_kernel(T, tiles), grid, tiles.threads, skey, stream, *args)
+        n_tiles = cdiv(Ho * Wo, tiles.BN) * cdiv(Kg, tiles.BM) * N * groups
+        launch(_gemm_kernel(T, tiles), grid_tiles(n_tiles), tiles.threads, skey, stream, *args)
     else:
         block = settings.block
         grid = grid_2d(Ho * Wo, N * K, block)
@@ -169,14 +169,13 @@ def _build_gemm(T, tiles):
     BM, BN, BK, TM, TN = tiles.BM, tiles.BN, tiles.BK, tiles.TM, tiles.TN
     NT = tiles.threads
     TXS = BN // TN
-    TYS = BM // TM
     RPT = BK * BN // NT
     AROWS = NT // BK
     APT = BM * BK // NT
     ACC = TM * TN
     BKP = BK + 1
     zero = T(0.0)
-    mma_chunk, zero_acc = _gemm_functions(T, tiles)
+    mma_chunk, zero_acc, _, store_tile = _gemm_functions(T, tiles)
     corners_zero_pad, _, gather = _bilinear_functions(T)
 
     @cuda.jit(cache=True)
@@ -200,9 +199,9 @@ def _build_gemm(T, tiles):
         Kg = K // groups
         Cpg = C // G
         R = Cg * kk
-        NZ = out.shape[0] * groups
         n_mt = (Kg + BM - 1) // BM
         n_pt = (P + BN - 1) // BN
+        n_tiles = out.shape[0] * groups * n_mt * n_pt
         tid = cuda.threadIdx.x
         tx = tid % TXS
         ty = tid // TXS
@@ -213,104 +212,92 @@ def _build_gemm(T, tiles):
         ma = tid // BK
         pc = tid % BN
         krb = (tid // BN) * RPT
-        for z in range(cuda.blockIdx.z, NZ, cuda.gridDim.z):
+        for tile in range(cuda.blockIdx.x, n_tiles, cuda.gridDim.x):
+            pt, mt, z = tile_coords(tile, n_pt, n_mt)
             n = z // groups
             g = z - n * groups
             kbase = g * Kg
             cbase = g * Cg
-            for mt in range(cuda.blockIdx.y, n_mt, cuda.gridDim.y):
-                m0 = mt * BM
-                for pt in range(cuda.blockIdx.x, n_pt, cuda.gridDim.x):
-                    p0 = pt * BN
-                    pb = p0 + pc
-                    pvalid = pb < P
-                    yb = pb // Wo
-                    xb = pb - yb * Wo
-                    if not pvalid:
-                        yb = 0
-                        xb = 0
-                    by0 = yb * sH - pH
-                    bx0 = xb * sW - pW
-                    ta = kra // Cg
-                    ca = kra - ta * Cg
-                    tb = krb // Cg
-                    cb = krb - tb * Cg
-                    # the B loader's current sample set-up, keyed by (tap, offset group)
-                    cur_t = -1
-                    cur_og = -1
-                    yl = 0
-                    xl = 0
-                    yh = 0
-                    xh = 0
-                    w1 = zero
-                    w2 = zero
-                    w3 = zero
-                    w4 = zero
-                    msk = 0
-                    mv = zero
-                    zero_acc(acc)
-                    ia = 0
-                    ja = 0
-                    for _k0 in range(0, R, BK):
-                        if ta < kk:
-                            ia = ta // kW
-                            ja = ta - ia * kW
-                        for e in range(APT):
-                            m = ma + AROWS * e
-                            v = zero
-                            if m0 + m < Kg and ta < kk:
-                                v = w[kbase + m0 + m, ca, ia, ja]
-                            As[m, kra] = v
-                        t = tb
-                        c = cb
-                        og = (cbase + c) // Cpg
-                        orem = cbase + c - og * Cpg
-                        for row in range(RPT):
-                            v = zero
-                            if pvalid and t < kk:
-                                if t != cur_t or og != cur_og:
-                                    cur_t = t
-                                    cur_og = og
-                                    i = t // kW
-                                    j = t - i * kW
-                                    ch = og * kk + t
-                                    py = T(by0 + i * dH) + offset[n, 2 * ch, yb, xb]
-                                    px = T(bx0 + j * dW) + offset[n, 2 * ch + 1, yb, xb]
-                                    yl, xl, yh, xh, w1, w2, w3, w4, msk = corners_zero_pad(
-                                        py, px, H, W
-                                    )
-                                    if mask.shape[0] != 0:
-                                        mv = mask[n, ch, yb, xb]
-                                v = gather(x, n, cbase + c, yl, xl, yh, xh, w1, w2, w3, w4, msk)
-                                if mask.shape[0] != 0:
-                                    v = mv * v
-                            Bs[krb + row, pc] = v
-                            c += 1
-                            orem += 1
-                            if orem == Cpg:
-                                orem = 0
-                                og += 1
-                            if c == Cg:
-                                c = 0
-                                t += 1
-                                og = cbase // Cpg
-                                orem = cbase - og * Cpg
-                        cuda.syncthreads()
-                        mma_chunk(As, Bs, acc, ra, rb, tx, ty)
-                        cuda.syncthreads()
-                        ta, ca = advance2(ta, ca, bk_t, bk_c, Cg)
-                        tb, cb = advance2(tb, cb, bk_t, bk_c, Cg)
-                    for bb in range(TN):
-                        p = p0 + tx + TXS * bb
-                        if p < P:
-                            yo = p // Wo
-                            xo = p - yo * Wo
-                            for a in range(TM):
-                                m = m0 + ty + TYS * a
-                                if m < Kg:
-                                    v = acc[a * TN + bb]
-                                    if b.shape[0] != 0:
-                                        v += b[kbase + m]
-                                    out[n, kbase + m, yo, xo] = v
+            m0 = mt * BM
+            p0 = pt * BN
+            pb = p0 + pc
+            pvalid = pb < P
+            yb = pb // Wo
+            xb = pb - yb * Wo
+            if not pvalid:
+                yb = 0
+                xb = 0
+            by0 = yb * sH - pH
+            bx0 = xb * sW - pW
+            ta = kra // Cg
+            ca = kra - ta * Cg
+            tb = krb // Cg
+            cb = krb - tb * Cg
+            # the B loader's current sample set-up, keyed by (tap, offset group)
+            cur_t = -1
+            cur_og = -1
+            yl = 0
+            xl = 0
+            yh = 0
+            xh = 0
+            w1 = zero
+            w2 = zero
+            w3 = zero
+            w4 = zero
+            msk = 0
+            mv = zero
+            zero_acc(acc)
+            ia = 0
+            ja = 0
+            for _k0 in range(0, R, BK):
+                if ta < kk:
+                    ia = ta // kW
+                    ja = ta - ia * kW
+                for e in range(APT):
+                    m = ma + AROWS * e
+                    v = zero
+                    if m0 + m < Kg and ta < kk:
+                        v = w[kbase + m0 + m, ca, ia, ja]
+                    As[m, kra] = v
+                t = tb
+                c = cb
+                og = (cbase + c) // Cpg
+                orem = cbase + c - og * Cpg
+                for row in range(RPT):
+                    v = zero
+                    if pvalid and t < kk:
+                        if t != cur_t or og != cur_og:
+                            cur_t = t
+                            cur_og = og
+                            i = t // kW
+                            j = t - i * kW
+                            ch = og * kk + t
+                            py = T(by0 + i * dH) + offset[n, 2 * ch, yb, xb]
+                            px = T(bx0 + j * dW) + offset[n, 2 * ch + 1, yb, xb]
+                            yl, xl, yh, xh, w1, w2, w3, w4, msk = corners_zero_pad(
+                                py, px, H, W
+                            )
+                            if mask.shape[0] != 0:
+                                mv = mask[n, ch, yb, xb]
+                        v = gather(x, n, cbase + c, yl, xl, yh, xh, w1, w2, w3, w4, msk)
+                        if mask.shape[0] != 0:
+                            v = mv * v
+                    Bs[krb + row, pc] = v
+                    c += 1
+                    orem += 1
+                    if orem == Cpg:
+                        orem = 0
+                        og += 1
+                    if c == Cg:
+                        c = 0
+                        t += 1
+                        og = cbase // Cpg
+                        orem = cbase - og * Cpg
+                cuda.syncthreads()
+                mma_chunk(As, Bs, acc, ra, rb, tx, ty)
+                cuda.syncthreads()
+                ta, ca = advance2(ta, ca, bk_t, bk_c, Cg)
+                tb, cb = advance2(tb, cb, bk_t, bk_c, Cg)
+            store_tile(out, b, acc, n, kbase, m0, p0, tx, ty, Kg, P, Wo, 0, 1, 0, 1)
 
     return deform_conv2d_gemm
