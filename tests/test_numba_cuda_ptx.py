@@ -5,10 +5,14 @@ through ``numba.cuda.compile_ptx``.  The PTX is also checked for what the kernel
 written to guarantee: register tiles never spill to local memory, device functions are
 inlined (no calls), and float32 kernels do no float64 arithmetic.
 
+The host-side view helper of the GEMMs is tested here too, on real ``DeviceNDArray``
+objects (which the simulator does not make; no device memory is needed).
+
 numba.cuda is imported inside the tests only, so collecting this file does not import it.
 """
 
 import functools
+import gc
 import importlib
 import importlib.util
 import os
@@ -131,36 +135,45 @@ def test_resource_usage(module, arch):
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-def test_conv2d_gemm_runs_two_blocks_per_sm(arch):
-    """The float32 conv2d implicit GEMMs (the dilated cases) fit two 256-thread blocks per
-    SM: at most 128 registers.  They took 163-204 with three nested grid-stride loops and
-    signed shared-memory indices (``_gemm``); this keeps either from coming back."""
+def test_gemms_run_two_blocks_per_sm(arch):
+    """The float32 conv2d implicit GEMMs (the dilated cases) and the narrow conv_transpose2d
+    GEMM (transposed_fcn) fit two 256-thread blocks per SM: at most 128 registers.  They took
+    163-204 with three nested grid-stride loops and signed shared-memory indices (``_gemm``);
+    this keeps either from coming back."""
     pytest.importorskip("cuda.bindings.nvjitlink")
     from fastconv.backends.numba_cuda import _resources
 
     cc = (int(arch[3:-1]), int(arch[-1]))
-    gemms = [(n, p) for n, p in compiled_ptx("conv", "float32", cc) if n.startswith("conv2d_gemm")]
-    assert len(gemms) == 2
+    names = {"conv2d_gemm64", "conv2d_gemm32", "conv_transpose2d_gemm32"}
+    gemms = [(n, p) for n, p in compiled_ptx("conv", "float32", cc) if n in names]
+    assert len(gemms) == len(names)
     for name, ptx in gemms:
         u = _resources.ptx_usage(ptx, arch)
         blocks = 65536 // (u["registers"] * _resources.launch_threads(name))
         assert blocks >= 2, f"{name} {arch}: {u['registers']} registers, {blocks} block per SM"
 
 
-def test_resource_report_parses_spills_and_link_errors():
-    """The parser reads the numbers ptxas prints, and a bad PTX is an error with the log."""
-    pytest.importorskip("cuda.bindings.nvjitlink")
-    from fastconv.backends.numba_cuda import _resources
+def device_array_without_memory(shape, dtype=np.float32):
+    """A DeviceNDArray over a stand-in pointer: enough for shapes and views, never for a launch."""
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray
 
-    log = ("ptxas info    : Function properties for k\n"
-           "ptxas         .     32 bytes stack frame, 40 bytes spill stores, 44 bytes spill loads\n"
-           "ptxas info    : Used 255 registers, used 1 barriers\n"
-           "info    : used 255 registers, used 1 barriers, 32 stack, 17920 bytes smem, "
-           "952 bytes cmem[0], 0 bytes lmem\n")
-    assert _resources.parse(log) == {
-        "registers": 255, "stack_bytes": 32, "spill_store_bytes": 40,
-        "spill_load_bytes": 44, "static_smem_bytes": 17920}
-    with pytest.raises(_resources.LinkError, match="no resource report"):
-        _resources.parse("ptxas info : 0 bytes gmem\n")
-    with pytest.raises(_resources.LinkError):
-        _resources._link_log(".version 8.0\n.target sm_90\nnot ptx at all\n", "sm_90")
+    strides = np.empty(shape, dtype).strides
+    return DeviceNDArray(shape=shape, strides=strides, dtype=dtype, gpu_data=object())
+
+
+def test_weight_rows_is_memoised_per_array_and_dies_with_it():
+    """conv2d's GEMM takes the weight as (K, Cg*kH*kW) rows: a view (same memory), made once
+    per weight array, whose cache entry goes with the array."""
+    from fastconv.backends.numba_cuda import _launch
+
+    w = device_array_without_memory((6, 2, 3, 3))
+    rows = _launch.weight_rows(w)
+    assert rows.shape == (6, 18) and rows.strides == (72, 4)
+    assert rows.gpu_data is w.gpu_data  # a view, not a copy
+    assert _launch.weight_rows(w) is rows  # made once per array
+    other = device_array_without_memory((6, 2, 3, 3))
+    assert _launch.weight_rows(other) is not rows
+    before = len(_launch._rows_cache)
+    del w, rows
+    gc.collect()
+    assert len(_launch._rows_cache) == before - 1

@@ -566,6 +566,20 @@ def test_random_configurations(op, dtype, path):
         assert err <= TOL[dtype], f"{op} random case {i}: relative error {err:.3g}"
 
 
+def test_weight_rows_view_shares_the_weight():
+    """conv2d's GEMM gets the weight as (K, Cg*kH*kW) rows, a view of the same memory (its
+    memoisation per array is tested on real DeviceNDArrays in test_numba_cuda_ptx.py)."""
+    from fastconv.backends.numba_cuda import _launch
+
+    host = np.arange(6 * 2 * 3 * 3, dtype=np.float32).reshape(6, 2, 3, 3)
+    w = cuda.to_device(host)
+    rows = _launch.weight_rows(w)
+    assert rows.shape == (6, 18)
+    np.testing.assert_array_equal(rows.copy_to_host(), host.reshape(6, 18))
+    w[1, 0, 0, 0] = -1.0
+    assert rows.copy_to_host()[1, 0] == -1.0
+
+
 def test_small_launch_settings_are_in_effect():
     """The shrunk settings reach every module, so several blocks and grid-stride loops run."""
     from fastconv.backends.numba_cuda import _copy, _launch, conv, deform, roi

@@ -166,8 +166,8 @@ def _build(T, tiles):
         outputs (``b`` may be empty).  The GEMM's pixel ``p`` (of ``P``, in rows of ``Wp``)
         is the output pixel ``y = y0 + sy * (p // Wp)``, ``x = x0 + sx * (p % Wp)``: the
         plain raster order for conv2d (0, 1, 0, 1), an output phase for conv_transpose2d.
-        ``out`` stays 4-D: a flat view would cost a DeviceNDArray per call on the host
-        (4.4 us) to save at most 4 registers."""
+        ``out`` stays 4-D: a flat view would cost a new DeviceNDArray per call on the host
+        (3-4 us) to save at most 4 registers."""
         for a in range(TM):
             m = m0 + ty + TYS * a
             if m < Kg:

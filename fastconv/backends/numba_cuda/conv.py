@@ -38,6 +38,7 @@ from ._launch import (
     launch,
     numba_arg_types,
     settings,
+    weight_rows,
 )
 
 _direct_cache: dict = {}
@@ -64,8 +65,8 @@ def conv2d(x, weight, bias, *, stride, padding, dilation, groups, out_hw):
     if tiles is not None:
         # the weight viewed as (K, Cg*kH*kW) rows: the GEMM's A loader then indexes by
         # reduction row, with no (c, i, j) counter (6 registers fewer: 132 -> 126, which
-        # lets two blocks share an SM); the view costs one DeviceNDArray on the host
-        rows = weight.reshape(K, Cg * kH * kW)
+        # lets two blocks share an SM)
+        rows = weight_rows(weight)
         n_tiles = cdiv(Ho * Wo, tiles.BN) * cdiv(Kg, tiles.BM) * N * groups
         launch(_gemm_kernels(T, tiles)[0], grid_tiles(n_tiles), tiles.threads, skey, stream,
                x, rows, bias, out, kH, kW, *stride, *padding, *dilation, groups)
@@ -252,12 +253,15 @@ def _build_gemm(T, tiles):
     zero = T(0.0)
     mma_chunk, zero_acc, stage_b_rows, store_tile = _gemm_functions(T, tiles)
 
-    # float32: two blocks per SM, i.e. at most 128 registers (ptxas takes 119-126 on sm_90
-    # unasked, 129 on sm_80); float64's accumulators take twice the registers and would spill.
+    # Two blocks per SM, i.e. at most 128 registers, where that costs no spills: the float32
+    # conv2d GEMMs (ptxas takes 119-126 on sm_90 unasked, 129 on sm_80) and the float32
+    # conv_transpose2d GEMM with the narrow 2x4 register tile (134 unasked).  float64's
+    # accumulators take twice the registers, and the 4x4 transposed tile spills at 128.
     # (The simulator's jit takes no launch bounds.)
-    bounds = {} if SIMULATOR or T != np.float32 else {"launch_bounds": (NT, 2)}
+    two_blocks = {} if SIMULATOR or T != np.float32 else {"launch_bounds": (NT, 2)}
+    transposed_bounds = two_blocks if TM * TN <= 8 else {}
 
-    @cuda.jit(cache=True, **bounds)
+    @cuda.jit(cache=True, **two_blocks)
     def conv2d_gemm(x, w, b, out, kH, kW, sH, sW, pH, pW, dH, dW, groups):
         """Implicit GEMM; reduction index r = (c * kH + i) * kW + j (the weight's own order,
         so that ``w``, the weight viewed as (K, Cg*kH*kW), is indexed by it directly)."""
@@ -320,7 +324,7 @@ def _build_gemm(T, tiles):
                 cb, ib, jb = advance(cb, ib, jb, bk_c, bk_i, bk_j, kH, kW)
             store_tile(out, b, acc, n, kbase, m0, p0, tx, ty, Kg, P, Wo, 0, 1, 0, 1)
 
-    @cuda.jit(cache=True)
+    @cuda.jit(cache=True, **transposed_bounds)
     def conv_transpose2d_gemm(x, w, b, out, sH, sW, pH, pW, dH, dW, groups, stepI, stepJ):
         """Implicit GEMM per output phase; reduction index r = (c * nI + mi) * nJ + mj.
 
