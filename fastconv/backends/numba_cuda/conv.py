@@ -257,8 +257,10 @@ def _build_gemm(T, tiles):
     # conv2d GEMMs (ptxas takes 119-126 on sm_90 unasked, 129 on sm_80) and the float32
     # conv_transpose2d GEMM with the narrow 2x4 register tile (134 unasked).  float64's
     # accumulators take twice the registers, and the 4x4 transposed tile spills at 128.
+    # Larger blocks (configure(tiles_...)) would get fewer than 128 registers: no bounds.
     # (The simulator's jit takes no launch bounds.)
-    two_blocks = {} if SIMULATOR or T != np.float32 else {"launch_bounds": (NT, 2)}
+    asked = not SIMULATOR and T == np.float32 and NT <= 256
+    two_blocks = {"launch_bounds": (NT, 2)} if asked else {}
     transposed_bounds = two_blocks if TM * TN <= 8 else {}
 
     @cuda.jit(cache=True, **two_blocks)
