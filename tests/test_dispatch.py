@@ -32,6 +32,43 @@ def test_cuda_array_interface_objects_count_as_gpu():
         fastconv.conv2d(np.zeros((1, 1, 3, 3)), Foreign())
 
 
+def _general_prepare(backend, **arrays):
+    """``prepare`` with its native-host shortcut turned off."""
+    shortcut = _dispatch._prepare_native_host
+    _dispatch._prepare_native_host = lambda backend, arrays: None
+    try:
+        return _dispatch.prepare(backend, **arrays)
+    finally:
+        _dispatch._prepare_native_host = shortcut
+
+
+@pytest.mark.parametrize("backend", [None, "cpu"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_native_host_shortcut_gives_the_general_answer(backend, dtype):
+    x, w = np.ones((1, 2, 3, 3), dtype), np.ones((4, 2, 1, 1), dtype)
+    for bias in (None, np.ones(4, dtype)):
+        fast = _dispatch.prepare(backend, input=x, weight=w, bias=bias)
+        slow = _general_prepare(backend, input=x, weight=w, bias=bias)
+        assert (fast.name, fast.module, fast.dtype, fast.result_kind, fast.device) == (
+            slow.name, slow.module, slow.dtype, slow.result_kind, slow.device)
+        assert fast.arrays.keys() == slow.arrays.keys()
+        assert all(fast.arrays[k] is slow.arrays[k] for k in fast.arrays)
+
+
+@pytest.mark.parametrize("arrays", [
+    dict(input=np.ones((1, 2, 3, 3), np.float16), weight=np.ones((4, 2, 1, 1), np.float16)),
+    dict(input=np.ones((1, 2, 3, 3), np.float32), weight=np.ones((4, 2, 1, 1), np.float64)),
+    dict(input=np.ones((1, 2, 3, 3), np.int32), weight=np.ones((4, 2, 1, 1), np.int32)),
+    dict(input=np.ones((1, 2, 3, 3), ">f4"), weight=np.ones((4, 2, 1, 1), ">f4")),
+    dict(input=[[[[1.0]]]], weight=np.ones((1, 1, 1, 1))),
+    dict(input=np.ma.ones((1, 1, 1, 1)), weight=np.ones((1, 1, 1, 1))),
+], ids=["float16", "mixed", "int32", "big-endian", "list", "masked"])
+def test_native_host_shortcut_leaves_the_rest_to_the_general_path(arrays):
+    """Anything but plain native float32/float64 ndarrays of one dtype is not taken by the
+    shortcut: the general path converts it or words the error."""
+    assert _dispatch._prepare_native_host(None, arrays) is None
+
+
 def test_reference_backend_keeps_the_dtype():
     x = np.random.default_rng(0).standard_normal((1, 2, 5, 5)).astype(np.float32)
     w = np.ones((2, 2, 3, 3), np.float32)
