@@ -23,13 +23,15 @@ Loader layout (the same in every kernel):
 
 The ops differ only in how a reduction index maps to weight and input coordinates; they keep
 that mapping as small mixed-radix counters that are advanced by ``BK`` per chunk, so there is
-no integer division in the inner loops.
+no integer division in the inner loops (conv2d's ``A`` loader needs none: it reads the weight
+as ``(K, Cg*kH*kW)`` rows, in reduction order).
 
 The grid is one-dimensional over all the tiles (:func:`tile_coords`: pixel tile fastest, then
 channel tile, then image x group), grid-strided.  Three nested grid-stride loops (x, y, z)
 kept every loop's state live at once: with them, ptxas gave the 64x64 float32 conv2d kernel
-202 registers (one 256-thread block per SM); with one loop and the unsigned shared-memory
-indices of ``mma_chunk``, 128 (two blocks per SM), with no spills.
+202 registers (one 256-thread block per SM); with one loop, the unsigned shared-memory
+indices of ``mma_chunk`` and the weight read as rows (``conv._build_gemm``), 126 on sm_90,
+and its launch bounds keep it at 128 everywhere (two blocks per SM), with no spills.
 """
 
 from __future__ import annotations
