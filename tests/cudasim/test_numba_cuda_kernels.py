@@ -588,7 +588,7 @@ def test_small_launch_settings_are_in_effect():
         assert mod.settings is _launch.settings
     assert _launch.settings.block == 8 and _launch.settings.max_grid == (2, 2, 2)
     assert _launch.grid_2d(1000, 1000, 8) == (2, 2)
-    assert _launch.grid_tiles(5) == (2,)
+    assert _launch.grid_tiles(_launch.settings.tiles_wide, 100, 100, 5) == (2,)
     assert _launch.choose_tiles(5, 8, 100, 1) == _launch.settings.tiles_wide or (
         _launch.settings.gemm_min_channels > 5
     )

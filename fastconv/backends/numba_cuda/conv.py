@@ -67,8 +67,8 @@ def conv2d(x, weight, bias, *, stride, padding, dilation, groups, out_hw):
         # reduction row, with no (c, i, j) counter (6 registers fewer: 132 -> 126, which
         # lets two blocks share an SM)
         rows = weight_rows(weight)
-        n_tiles = cdiv(Ho * Wo, tiles.BN) * cdiv(Kg, tiles.BM) * N * groups
-        launch(_gemm_kernels(T, tiles)[0], grid_tiles(n_tiles), tiles.threads, skey, stream,
+        grid = grid_tiles(tiles, Ho * Wo, Kg, N * groups)
+        launch(_gemm_kernels(T, tiles)[0], grid, tiles.threads, skey, stream,
                x, rows, bias, out, kH, kW, *stride, *padding, *dilation, groups)
     else:
         block = settings.block
@@ -98,7 +98,7 @@ def conv_transpose2d(x, weight, bias, *, stride, padding, dilation, groups, out_
     taps = cdiv(kH, stepI) * cdiv(kW, stepJ)  # at most, per output pixel
     tiles = choose_tiles(Kg, (C // groups) * taps, phase_pixels, n_z)
     if tiles is not None:
-        grid = grid_tiles(cdiv(phase_pixels, tiles.BN) * cdiv(Kg, tiles.BM) * n_z)
+        grid = grid_tiles(tiles, phase_pixels, Kg, n_z)
         launch(_gemm_kernels(T, tiles)[1], grid, tiles.threads, skey, stream, *args)
     else:
         block = settings.block

@@ -23,7 +23,6 @@ from ._gemm import advance2, tile_coords
 from ._gemm import functions as _gemm_functions
 from ._launch import (
     absent,
-    cdiv,
     choose_tiles,
     current_stream,
     empty,
@@ -56,8 +55,8 @@ def deform_conv2d(
     Kg = K // groups
     tiles = choose_tiles(Kg, Cg * kH * kW, Ho * Wo, N * groups)
     if tiles is not None:
-        n_tiles = cdiv(Ho * Wo, tiles.BN) * cdiv(Kg, tiles.BM) * N * groups
-        launch(_gemm_kernel(T, tiles), grid_tiles(n_tiles), tiles.threads, skey, stream, *args)
+        grid = grid_tiles(tiles, Ho * Wo, Kg, N * groups)
+        launch(_gemm_kernel(T, tiles), grid, tiles.threads, skey, stream, *args)
     else:
         block = settings.block
         grid = grid_2d(Ho * Wo, N * K, block)
