@@ -38,34 +38,16 @@ import json
 import math
 
 from fastconv import _bench, _cases
+from fastconv.backends.cupy.autotune import ARMS, set_enabled
+from fastconv.backends.cupy.autotune import label as arm_label
 from fastconv.backends.cupy.variants import apply, current
 
-_ROI = [{"ROI_BOX_GRID": False, "ROI_CB": None}, {"ROI_BOX_GRID": True, "ROI_CB": None},
-        {"ROI_BOX_GRID": True, "ROI_CB": 1}, {"ROI_BOX_GRID": False, "ROI_CB": 1},
-        {"ROI_BOX_GRID": True, "ROI_CB": 4}]
 #: op -> the arms: settings per contestant, the default first; the arms of an op set the
-#: same settings, so none carries over from the arm before it
-VARIANTS = {
-    "conv2d": [{"SPLIT_K": s, "DEPTHWISE_TILED": t, "GEMM_VEC": v}
-               for s, t, v in ((1, True, False), (None, True, False), (1, False, False),
-                               (1, True, True), (None, True, True))],
-    "deform_conv2d": [{"DEFORM_FUSED": f, "SPLIT_K": s, "GEMM_VEC": v}
-                      for f, s, v in ((False, 1, False), (False, None, False), (True, 1, False),
-                                      (True, None, False), (False, None, True),
-                                      (True, 1, True), (True, None, True))],
-    "conv_transpose2d": [{"TRANSPOSED_GEMM": g, "SPLIT_K": s, "GEMM_VEC": v}
-                         for g, s, v in ((False, 1, False), (True, 1, False), (True, None, False),
-                                         (True, 1, True), (True, None, True))],
-    "roi_align": _ROI,
-    "roi_pool": _ROI,
-}
+#: same settings, so none carries over from the arm before it (the arms autotuning tries)
+VARIANTS = ARMS
 DEFAULT_CASES = ("dilated_aspp,dilated_small,depthwise,deform_dcnv2,transposed_fcn,"
                  "transposed_decoder,"
                  "roi_align_fpn,roi_align_mask,roi_pool_fpn")
-
-
-def arm_label(settings: dict) -> str:
-    return " ".join(f"{k}={v}" for k, v in settings.items())
 
 
 def with_settings(runner, settings: dict):
@@ -143,6 +125,7 @@ def main():
             print_recommendations(recommend(json.load(f)["cases"]))
         return
     defaults = current()
+    set_enabled(False)  # each arm runs as set, not as autotuning would choose
     env = _bench.GpuEnv.real()
     rows = {}
     try:

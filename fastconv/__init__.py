@@ -9,9 +9,11 @@ Drop-in with ``torch.nn.functional.conv2d`` / ``conv_transpose2d`` and
 Also: ``upsample`` (PyTorch's ``interpolate``, nearest/bilinear), ``bilinear_kernel``
 (FCN weights for ``conv_transpose2d``), ``receptive_field`` and ``fastconv.image``
 (scikit-image-style pyramids, dilated ``correlate``, à trous wavelets, flow warping
-and region crops).
+and region crops). ``set_autotune`` lets the cupy backend pick its kernels per problem by
+timing them, like ``torch.backends.cudnn.benchmark``.
 """
 
+from ._autotune import set_autotune
 from ._errors import BackendUnavailableError
 from .conv import conv2d, conv_transpose2d
 from .deform import deform_conv2d
@@ -35,5 +37,6 @@ __all__ = [
     "deform_conv2d",
     "roi_align",
     "roi_pool",
+    "set_autotune",
     "__version__",
 ]

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import __version__, _cases
+from ._autotune import set_autotune
 
 try:
     import resource  # page-fault counts (POSIX only)
@@ -819,8 +820,9 @@ def roofline(flops: int, nbytes: int, seconds: float, ceiling: dict) -> dict:
 # ============================================================================== first call
 
 
-def _first_call_main(case_name, size, backend, seed, check_boxes, import_s):
+def _first_call_main(case_name, size, backend, seed, check_boxes, import_s, autotune=False):
     """Runs in the fresh subprocess: time the first and second call; print JSON."""
+    set_autotune(autotune)
     case = _cases.get(case_name)
     t0 = time.perf_counter()
     runner = make_runner(case, f"fastconv:{backend}", size, seed, check_boxes=check_boxes)
@@ -835,18 +837,19 @@ def _first_call_main(case_name, size, backend, seed, check_boxes, import_s):
 
 
 def first_call(case, backend: str, size: str = "full", seed: int = 0, cold: bool = False,
-               check_boxes: bool = True, timeout: float = 600.0) -> dict:
+               check_boxes: bool = True, timeout: float = 600.0, autotune: bool = False) -> dict:
     """First-call latency of ``backend`` on ``case`` in a fresh interpreter.
 
     ``cold``: empty temporary ``NUMBA_CACHE_DIR`` and ``CUPY_CACHE_DIR`` (compile
     included); otherwise the normal on-disk caches.  ``setup_s`` (input copies,
-    CUDA context start) is reported apart from ``first_s``.
+    CUDA context start) is reported apart from ``first_s``.  ``autotune``: the child
+    calls ``fastconv.set_autotune(True)`` first, so its first call tunes.
     """
     code = (
         "import time; t0 = time.perf_counter(); import fastconv; "
         "t1 = time.perf_counter(); from fastconv import _bench; "
         f"_bench._first_call_main({case.name!r}, {size!r}, {backend!r}, {int(seed)}, "
-        f"{bool(check_boxes)!r}, t1 - t0)"
+        f"{bool(check_boxes)!r}, t1 - t0, {bool(autotune)!r})"
     )
     env = dict(os.environ)
     # the child imports this very fastconv, installed or not
@@ -1030,10 +1033,24 @@ def _refresh_roofline(entry, ceiling):
                                           ceiling)
 
 
+def _fastconv_contestants(case, backends, args, inputs, clock) -> list:
+    """A contestant per fastconv backend on ``inputs``, timed by ``clock(runner)`` (one that
+    cannot run carries its error)."""
+    contestants = []
+    for b in backends:
+        try:
+            runner = make_runner(case, f"fastconv:{b}", args.size, inputs=inputs,
+                                 check_boxes=not args.skip_box_checks)
+        except Unavailable as exc:
+            contestants.append(_failed(b, str(exc)))
+            continue
+        contestants.append(Contestant(b, runner, clock(runner)))
+    return contestants
+
+
 def _run_host_case(case, backends, args, peer_status, ceiling, progress):
     inputs = case.inputs(args.size, args.seed)
     cost = case.cost(args.size)
-    contestants = []
     peer = None
     impl, why = _peer_impl(case, args.peer, "cpu", peer_status)
     if impl is not None:
@@ -1046,14 +1063,7 @@ def _run_host_case(case, backends, args, peer_status, ceiling, progress):
     if peer is None and case.name not in _warned:
         _warned.add(case.name)
         progress.write(f"{case.name}: no peer ({why}); timing fastconv alone")
-    for b in backends:
-        try:
-            runner = make_runner(case, f"fastconv:{b}", args.size, inputs=inputs,
-                                 check_boxes=not args.skip_box_checks)
-        except Unavailable as exc:
-            contestants.append(_failed(b, str(exc)))
-            continue
-        contestants.append(Contestant(b, runner, HostClock()))
+    contestants = _fastconv_contestants(case, backends, args, inputs, lambda r: HostClock())
     timed = ([peer] if peer is not None else []) + [c for c in contestants if c.error is None]
     interleave(timed, args.repeat, args.warmup, args.min_time)
     entry, ok = _case_entry(case, args.size, contestants, peer, case.target_cpu, cost, ceiling,
@@ -1134,50 +1144,62 @@ def run_gpu(cases, backends, args, progress, peer_status, result, env: GpuEnv | 
         "cases": {},
     }
     result["gpu"] = section
-    for case in cases:
-        with progress.step(f"gpu: {case.name}"):
-            inputs = case.inputs(args.size, args.seed)
-            cost = case.cost(args.size)
-            peer = None
-            impl, why = _peer_impl(case, args.peer, "cuda", peer_status)
-            if impl is not None:
-                try:
-                    r = make_runner(case, impl, args.size, inputs=inputs,
-                                    check_boxes=not args.skip_box_checks)
-                    peer = Contestant("peer", r, GpuClock(r.sync, env.timer(r.gpu), env.delay))
-                except Unavailable as exc:
-                    why = str(exc)
-            if peer is None:
-                progress.write(f"{case.name}: no GPU peer ({why}); timing fastconv alone")
-            contestants = []
-            for b in backends:
-                try:
-                    r = make_runner(case, f"fastconv:{b}", args.size, inputs=inputs,
-                                    check_boxes=not args.skip_box_checks)
-                except Unavailable as exc:
-                    contestants.append(_failed(b, str(exc)))
-                    continue
-                contestants.append(Contestant(b, r, GpuClock(r.sync, env.timer(r.gpu),
-                                                             env.delay)))
-            timed = ([peer] if peer else []) + [c for c in contestants if c.error is None]
-            interleave(timed, args.repeat, args.warmup)
-            entry, case_ok = _case_entry(case, args.size, contestants, peer, case.target_gpu,
-                                         cost,
-                                         ceiling if "peak_gflops" in ceiling else _NO_CEILING,
-                                         MISMATCH_TOL[np.dtype(np.float32)])
-            if case.target_gpu_bw is not None:
-                entry["target_bw_pct"] = 100 * case.target_gpu_bw
-                for s in entry["fastconv"].values():
-                    if "pct_bw" in s and math.isfinite(s["pct_bw"]):
-                        s["met_bw"] = bool(s["pct_bw"] >= 100 * case.target_gpu_bw)
-            for b, s in entry["fastconv"].items():
-                if "host_ms" in s and b in HOST_OVERHEAD_TARGET_US:
-                    s["host_us_target"] = HOST_OVERHEAD_TARGET_US[b]
-            if peer is None:
-                entry["peer_missing"] = why
-            ok &= case_ok
-            section["cases"][case.name] = entry
+    # cupy autotunes per case as cuDNN does with cudnn.benchmark = True; warm-up calls tune
+    autotuned = "cupy" in backends and not getattr(args, "no_autotune", False)
+    section["autotune"] = autotuned
+    previous = set_autotune(autotuned)
+    try:
+        for case in cases:
+            ok &= _run_gpu_case(case, backends, args, progress, peer_status, env, ceiling,
+                                section)
+    finally:
+        set_autotune(previous)
     return ok
+
+
+def _run_gpu_case(case, backends, args, progress, peer_status, env, ceiling, section) -> bool:
+    """Time one case on the GPU into ``section["cases"]``; False on an error or mismatch."""
+    from .backends.cupy import autotune
+
+    tuned_before = len(autotune.choices())
+    with progress.step(f"gpu: {case.name}"):
+        inputs = case.inputs(args.size, args.seed)
+        cost = case.cost(args.size)
+        peer = None
+        impl, why = _peer_impl(case, args.peer, "cuda", peer_status)
+        if impl is not None:
+            try:
+                r = make_runner(case, impl, args.size, inputs=inputs,
+                                check_boxes=not args.skip_box_checks)
+                peer = Contestant("peer", r, GpuClock(r.sync, env.timer(r.gpu), env.delay))
+            except Unavailable as exc:
+                why = str(exc)
+        if peer is None:
+            progress.write(f"{case.name}: no GPU peer ({why}); timing fastconv alone")
+        contestants = _fastconv_contestants(
+            case, backends, args, inputs, lambda r: GpuClock(r.sync, env.timer(r.gpu), env.delay))
+        timed = ([peer] if peer else []) + [c for c in contestants if c.error is None]
+        interleave(timed, args.repeat, args.warmup)
+        entry, case_ok = _case_entry(case, args.size, contestants, peer, case.target_gpu,
+                                     cost,
+                                     ceiling if "peak_gflops" in ceiling else _NO_CEILING,
+                                     MISMATCH_TOL[np.dtype(np.float32)])
+        if case.target_gpu_bw is not None:
+            entry["target_bw_pct"] = 100 * case.target_gpu_bw
+            for s in entry["fastconv"].values():
+                if "pct_bw" in s and math.isfinite(s["pct_bw"]):
+                    s["met_bw"] = bool(s["pct_bw"] >= 100 * case.target_gpu_bw)
+        for b, s in entry["fastconv"].items():
+            if "host_ms" in s and b in HOST_OVERHEAD_TARGET_US:
+                s["host_us_target"] = HOST_OVERHEAD_TARGET_US[b]
+        if peer is None:
+            entry["peer_missing"] = why
+        tuned = autotune.choices()[tuned_before:]
+        if tuned and "cupy" in entry["fastconv"]:
+            entry["fastconv"]["cupy"]["autotune"] = [
+                {k: t[k] for k in ("label", "ms", "skipped")} for t in tuned]
+        section["cases"][case.name] = entry
+    return case_ok
 
 
 _NO_CEILING = {"peak_gflops": math.nan, "copy_gbs": math.nan}
@@ -1195,7 +1217,10 @@ def first_call_cases(cases) -> list:
 
 def run_first_call(cases, backends, args, progress, result):
     out = {}
-    result["first_call"] = {"target_warm_s": FIRST_CALL_TARGET_S, "cases": out}
+    # the cupy backend's first call as the GPU timings ran it: tuning included
+    autotune = not getattr(args, "no_autotune", False)
+    result["first_call"] = {"target_warm_s": FIRST_CALL_TARGET_S, "cases": out,
+                            "cupy_autotune": autotune}
     for case in first_call_cases(cases):
         for b in backends:
             if b == "reference":
@@ -1203,11 +1228,14 @@ def run_first_call(cases, backends, args, progress, result):
             entry = {}
             for kind in ("warm", "cold"):
                 with progress.step(f"first call ({kind}): {case.name} {b}"):
+                    tune = autotune and b == "cupy"
                     if kind == "warm":  # a first process makes sure the on-disk cache is filled
                         entry["prime"] = first_call(case, b, args.size, args.seed,
-                                                    check_boxes=not args.skip_box_checks)
+                                                    check_boxes=not args.skip_box_checks,
+                                                    autotune=tune)
                     entry[kind] = first_call(case, b, args.size, args.seed, cold=kind == "cold",
-                                             check_boxes=not args.skip_box_checks)
+                                             check_boxes=not args.skip_box_checks,
+                                             autotune=tune)
             warm = entry["warm"].get("first_s")
             entry["met"] = None if warm is None else bool(warm < FIRST_CALL_TARGET_S)
             out.setdefault(case.name, {})[b] = entry
@@ -1363,6 +1391,7 @@ def render(result, markdown=False) -> str:
         parts.append(_table(headers, rows, markdown))
         parts.append(_met_line(gpu["cases"], markdown))
         parts.extend(_error_lines(gpu["cases"]))
+        parts.extend(_autotune_lines(gpu))
         overhead = {}
         for e in gpu["cases"].values():
             for b, s in e["fastconv"].items():
@@ -1446,6 +1475,24 @@ def text_chart(result, width: int = 40) -> str:
         met = "" if target is None else ("  met" if ratio <= target else "  not met")
         lines.append(f"{name:18s} {who:15s} {''.join(bar)} {ratio:6.2f}{met}")
     return "\n".join(lines)
+
+
+def _autotune_lines(gpu: dict) -> list:
+    """What the cupy backend's autotuning chose per case (``--no-autotune``: one line)."""
+    if "autotune" not in gpu:
+        return []
+    if not gpu["autotune"]:
+        return ["cupy: default kernel paths (--no-autotune)"]
+    lines = ["cupy autotuned per case (fastconv.set_autotune), the arm chosen and its "
+             "speed-up over the default paths:"]
+    for name, e in gpu["cases"].items():
+        for t in e["fastconv"].get("cupy", {}).get("autotune", []):
+            ms = t["ms"]
+            first = next(iter(ms.values()), math.nan)
+            mine = ms.get(t["label"], math.nan)
+            lines.append(f"  {name}: {t['label']} (x{first / mine:.2f})" + (
+                f"; skipped {', '.join(t['skipped'])}" if t["skipped"] else ""))
+    return lines
 
 
 def _error_lines(cases: dict) -> list:
@@ -1615,6 +1662,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(target >= 100x; about 30 s at full size)")
     parser.add_argument("--oracle-size", choices=_cases.SIZES, default=None,
                         help="case size for --oracle (default: --size)")
+    parser.add_argument("--no-autotune", action="store_true",
+                        help="GPU: run the cupy backend on its default kernel paths instead of "
+                             "autotuning them per case (fastconv.set_autotune; the peer has "
+                             "cudnn.benchmark = True either way)")
     parser.add_argument("--skip-box-checks", action="store_true",
                         help="call roi_align/roi_pool with check_boxes=False")
     parser.add_argument("--quick", action="store_true",

@@ -185,8 +185,9 @@ def test_host_clock_counts_page_faults_per_call():
     assert _bench._fault_lines(cases) == []
 
 
-def test_gpu_path_with_host_events(monkeypatch):
-    """run_gpu end to end with perf_counter standing in for CUDA events."""
+def _fake_gpu(monkeypatch, on_cupy_call=None):
+    """GPU runners that are the oracle in disguise, host timers for CUDA events, and an env;
+    ``on_cupy_call(case)`` runs at each call of the "cupy" runner."""
     real = _bench.make_runner
 
     def fake(case, impl, size="full", seed=0, inputs=None, check_boxes=True):
@@ -195,17 +196,27 @@ def test_gpu_path_with_host_events(monkeypatch):
             r.impl, r.gpu = impl, "host"
             if impl == "torch:cuda":
                 r.label = case.peer_name
+            if impl == "fastconv:cupy" and on_cupy_call is not None:
+                def call(inner=r.call):
+                    on_cupy_call(case)
+                    return inner()
+                r.call = call
             return r
         return real(case, impl, size, seed, inputs, check_boxes)
 
     monkeypatch.setattr(_bench, "make_runner", fake)
-    env = _bench.GpuEnv(
+    return _bench.GpuEnv(
         device_name=lambda: "Fake GPU",
         ceiling=lambda quick: {"matmul_tflops": 50.0, "copy_tbs": 2.5, "nominal_tflops": 67.0,
                                "nominal_copy_tbs": 3.0, "peak_gflops": 5e4, "copy_gbs": 2.5e3},
         timer=lambda lib: _bench.HostEventTimer(),
         delay=None,
     )
+
+
+def test_gpu_path_with_host_events(monkeypatch):
+    """run_gpu end to end with perf_counter standing in for CUDA events."""
+    env = _fake_gpu(monkeypatch)
     parser = _bench.build_parser()
     args = parser.parse_args(["--size", "tiny", "--repeat", "2"])
     result = {"date": "today", "versions": {}, "machine": {}}
@@ -226,6 +237,50 @@ def test_gpu_path_with_host_events(monkeypatch):
         assert s["host_us_target"] == _bench.HOST_OVERHEAD_TARGET_US[b]
     text = _bench.render(result)
     assert "GPU Fake GPU" in text and "host time per call, cupy" in text
+    json.dumps(_bench._jsonable(result))
+
+
+@pytest.mark.parametrize("no_autotune", [False, True])
+def test_gpu_path_records_what_autotuning_chose(monkeypatch, no_autotune):
+    """The cupy runner's calls go through autotune.run (stand-in launches and clock): the
+    record names each case's chosen arm, and the autotune state is restored afterwards."""
+    from fastconv.backends.cupy import _module, autotune
+
+    arms = {op: autotune._arms(op) for op in autotune.ARMS}
+    fast = {op: autotune.label(a[1]) for op, a in arms.items()}
+    launched = []
+
+    def time_ms(fn):
+        fn()
+        return 0.5 if autotune.label(launched[-1]) in fast.values() else 1.0
+
+    monkeypatch.setattr(_module, "device", lambda: 0)
+    monkeypatch.setattr(_module, "time_ms", time_ms)
+    monkeypatch.setattr(_module, "capturing", lambda: False)
+    monkeypatch.setattr(autotune, "_choices", {})
+    monkeypatch.setattr(autotune, "_enabled", False)
+    env = _fake_gpu(monkeypatch, lambda case: autotune.run(case.op, (case.name,),
+                                                           launched.append))
+    args = _bench.build_parser().parse_args(
+        ["--size", "tiny", "--repeat", "1"] + (["--no-autotune"] if no_autotune else []))
+    result = {"date": "today", "versions": {}, "machine": {}}
+    cases = _cases.select("dilated_small,roi_pool_fpn")
+    assert _bench.run_gpu(cases, ["cupy"], args, _bench.Progress(1, False),
+                          {"torch": None, "torchvision": None}, result, env=env)
+    assert not autotune.enabled()
+    gpu = result["gpu"]
+    assert gpu["autotune"] is (not no_autotune)
+    text = _bench.render(result)
+    if no_autotune:
+        assert launched and set(map(type, launched)) == {type(None)}
+        assert "autotune" not in gpu["cases"]["dilated_small"]["fastconv"]["cupy"]
+        assert "default kernel paths (--no-autotune)" in text
+        return
+    for case in cases:
+        (tuned,) = gpu["cases"][case.name]["fastconv"]["cupy"]["autotune"]
+        assert tuned["label"] == fast[case.op] and tuned["skipped"] == {}
+        assert tuned["ms"][fast[case.op]] == 0.5
+        assert f"{case.name}: {fast[case.op]} (x2.00)" in text
     json.dumps(_bench._jsonable(result))
 
 

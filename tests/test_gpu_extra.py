@@ -1,6 +1,7 @@
 """GPU-only checks of the cupy backend (skipped cleanly without CuPy or a CUDA device).
 
 * float16 on the cupy backend against the oracle;
+* the cupy backend with autotuning on against the oracle;
 * cpu vs cupy vs numba_cuda on the same random configurations;
 * tensors of more than 2**31 elements through each kernel family (64-bit indexing),
   checked against the same op on a small crop (where the GPU has the memory);
@@ -65,6 +66,32 @@ def test_float16_vs_oracle(op):
         err, out, ref = _random_cases.run_case(case, "cupy")
         assert out.dtype == dtype
         assert err <= tol, f"float16 relative error {err:.3g} > {tol} for {case.describe()}"
+
+
+# ----------------------------------------------------------------------------- autotune
+
+
+@pytest.mark.parametrize("op", _random_cases.OPS)
+def test_autotuned_calls_vs_oracle(op):
+    """With fastconv.set_autotune(True) every problem is tuned on its first call (all arms
+    run on the GPU) and its result, from the arm chosen, matches the oracle."""
+    from fastconv.backends.cupy import autotune
+
+    rng, pick = _rng_pick(4321)
+    dtype = np.dtype(np.float32)
+    tol = _random_cases.TOLERANCE[dtype]
+    previous = fastconv.set_autotune(True)
+    try:
+        before = len(autotune.choices())
+        for _ in range(max(N_CASES // 4, 5)):
+            case = _random_cases.GENERATORS[op](pick, rng, dtype)
+            err, out, ref = _random_cases.run_case(case, "cupy")
+            assert err <= tol, f"autotuned: relative error {err:.3g} > {tol} for {case.describe()}"
+        tuned = autotune.choices()[before:]
+        assert tuned and {t["op"] for t in tuned} == {op}
+        assert all(t["label"] in t["ms"] and not t["skipped"] for t in tuned), tuned
+    finally:
+        fastconv.set_autotune(previous)
 
 
 # ----------------------------------------------------------------------------- three-way

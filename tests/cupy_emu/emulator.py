@@ -39,6 +39,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import types
 from pathlib import Path
 
@@ -283,12 +284,20 @@ class FakeCupy(types.ModuleType):
         return a
 
 
+def _host_time_ms(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
 def install() -> None:
     """Point the cupy backend's launchers at the emulator and register ``"cupy_emulated"``."""
     fake = FakeCupy()
     _module.cupy = lambda: fake
     _module._load = lambda device, name: kernel(name)
     _module.max_blocks = lambda: MAX_BLOCKS
+    _module.time_ms = _host_time_ms  # no CUDA events: the kernels run on the host, in the call
+    _module.capturing = lambda: False
 
     backend = types.ModuleType("fastconv_cupy_emulated")
     for op in cupy_backend.__all__:

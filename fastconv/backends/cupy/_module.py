@@ -231,6 +231,34 @@ def kernel(name: str):
     return k if k is not None else _load(device, name)
 
 
+def device() -> int:
+    """The current CUDA device's ordinal."""
+    return cupy().cuda.runtime.getDevice()
+
+
+def time_ms(fn) -> float:
+    """Device milliseconds of the work ``fn()`` enqueues on CuPy's current stream (CUDA events;
+    waits for it to finish)."""
+    cp = cupy()
+    start, stop = cp.cuda.Event(), cp.cuda.Event()
+    start.record()
+    fn()
+    stop.record()
+    stop.synchronize()
+    return cp.cuda.get_elapsed_time(start, stop)
+
+
+def capturing() -> bool:
+    """Whether CuPy's current stream is capturing a CUDA graph (where nothing may wait on it).
+
+    True also when CuPy cannot say, so that no caller synchronises on a guess.
+    """
+    try:
+        return bool(cupy().cuda.get_current_stream().is_capturing())
+    except Exception:  # noqa: BLE001 - e.g. the legacy stream while another one captures
+        return True
+
+
 def max_blocks() -> int:
     """Grid size cap for the grid-stride kernels on the current device (64 blocks per SM)."""
     cp = cupy()

@@ -33,7 +33,7 @@ import math
 
 import numpy as np
 
-from . import _module
+from . import _module, autotune
 from ._module import CTYPES, expr
 
 #: output channels per group from which conv2d uses the implicit-GEMM kernel
@@ -113,16 +113,22 @@ def gemm_tiles(pixels: int, kg: int, groups: int, bm: int = 64) -> int:
 
 
 def plan_conv2d(x, weight, bias, out, stride, padding, dilation, groups, max_blocks,
-                empty=None):
+                empty=None, arm=None):
     """Launches ``[(name, grid, block, shared_mem, args)]`` for ``out = conv2d(x, weight)``.
 
     ``empty(shape, dtype)`` allocates the split-K workspace; without it the
-    implicit GEMM is not split.
+    implicit GEMM is not split.  ``arm`` (a dict of :mod:`.variants` settings, see
+    :mod:`.autotune`) overrides the module settings it names.
     """
+    if arm is None:
+        split, tiled, vec = SPLIT_K, DEPTHWISE_TILED, GEMM_VEC
+    else:
+        split, tiled, vec = (arm.get("SPLIT_K", SPLIT_K),
+                             arm.get("DEPTHWISE_TILED", DEPTHWISE_TILED),
+                             arm.get("GEMM_VEC", GEMM_VEC))
     name, grid, smem, scalars, splits = _conv2d_config(
         x.shape, weight.shape, bias is not None, out.shape, stride, padding, dilation, groups,
-        x.dtype.char, max_blocks, SPLIT_K if empty is not None else 1, DEPTHWISE_TILED,
-        GEMM_VEC,
+        x.dtype.char, max_blocks, split if empty is not None else 1, tiled, vec,
     )
     args = (x, weight, weight if bias is None else bias, out) + scalars
     if not name.startswith("fc::conv2d_gemm"):
@@ -176,14 +182,18 @@ def split_k(tiles: int, r: int, sms: int, forced: int | None = None,
 
 
 def plan_conv_transpose2d(x, weight, bias, out, stride, padding, dilation, groups, max_blocks,
-                          empty=None):
+                          empty=None, arm=None):
     """Launches computing ``out = conv_transpose2d(x, weight)``: by gathering, or with
     :data:`TRANSPOSED_GEMM` one implicit GEMM per output phase (split-K as conv2d's, when
-    ``empty`` can allocate the partial sums)."""
+    ``empty`` can allocate the partial sums).  ``arm`` as :func:`plan_conv2d`'s."""
+    if arm is None:
+        gemm, split, vec = TRANSPOSED_GEMM, SPLIT_K, GEMM_VEC
+    else:
+        gemm, split, vec = (arm.get("TRANSPOSED_GEMM", TRANSPOSED_GEMM),
+                            arm.get("SPLIT_K", SPLIT_K), arm.get("GEMM_VEC", GEMM_VEC))
     name, grid, smem, scalars, splits = _conv_transpose2d_config(
         x.shape, weight.shape, bias is not None, out.shape, stride, padding, dilation, groups,
-        x.dtype.char, max_blocks, TRANSPOSED_GEMM, SPLIT_K if empty is not None else 1,
-        GEMM_VEC,
+        x.dtype.char, max_blocks, gemm, split if empty is not None else 1, vec,
     )
     args = (x, weight, weight if bias is None else bias, out) + scalars
     if not name.startswith("fc::conv_transpose2d_gemm"):
@@ -293,8 +303,14 @@ def conv2d(x, weight, bias, *, stride, padding, dilation, groups, out_hw):
     cp = _module.cupy()
     out = cp.empty((x.shape[0], weight.shape[0], out_hw[0], out_hw[1]), dtype=x.dtype)
     if out.size:
-        _module.run(plan_conv2d(x, weight, bias, out, stride, padding, dilation, groups,
-                                _module.max_blocks(), cp.empty))
+        args = (x, weight, bias, out, stride, padding, dilation, groups, _module.max_blocks(),
+                cp.empty)
+        if autotune.enabled():
+            autotune.run("conv2d", (x.shape, weight.shape, bias is not None, stride, padding,
+                                    dilation, groups, out_hw, x.dtype.char),
+                         lambda arm: _module.run(plan_conv2d(*args, arm)))
+        else:
+            _module.run(plan_conv2d(*args))
     return out
 
 
@@ -303,6 +319,12 @@ def conv_transpose2d(x, weight, bias, *, stride, padding, dilation, groups, out_
     c_out = weight.shape[1] * groups
     out = cp.empty((x.shape[0], c_out, out_hw[0], out_hw[1]), dtype=x.dtype)
     if out.size:
-        _module.run(plan_conv_transpose2d(x, weight, bias, out, stride, padding, dilation, groups,
-                                          _module.max_blocks(), cp.empty))
+        args = (x, weight, bias, out, stride, padding, dilation, groups, _module.max_blocks(),
+                cp.empty)
+        if autotune.enabled():
+            autotune.run("conv_transpose2d", (x.shape, weight.shape, bias is not None, stride,
+                                              padding, dilation, groups, out_hw, x.dtype.char),
+                         lambda arm: _module.run(plan_conv_transpose2d(*args, arm)))
+        else:
+            _module.run(plan_conv_transpose2d(*args))
     return out

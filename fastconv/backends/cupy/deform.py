@@ -24,7 +24,7 @@ import functools
 
 import numpy as np
 
-from . import _module, conv
+from . import _module, autotune, conv
 from ._module import CTYPES, expr
 from .conv import BLOCK, _grid, gemm_launches, gemm_tiles, plan_conv2d, split_k
 
@@ -45,12 +45,12 @@ def chunk_images(n: int, per_image_bytes: int) -> int:
 
 
 def plan_deform_conv2d(x, offset, weight, bias, mask, out, col, stride, padding, dilation,
-                       groups, offset_groups, max_blocks, empty=None):
+                       groups, offset_groups, max_blocks, empty=None, arm=None):
     """Launches for ``out = deform_conv2d(...)`` using the scratch buffer ``col``.
 
     ``col`` has shape ``(nb, C_in*kH*kW, H_out, W_out)``; the batch is processed
     ``nb`` images at a time.  ``empty`` allocates the split-K workspace of the GEMM
-    (see :func:`.conv.plan_conv2d`).
+    and ``arm`` overrides the GEMM's settings (see :func:`.conv.plan_conv2d`).
     """
     N = x.shape[0]
     C_out, Cg, kH, kW = weight.shape
@@ -65,7 +65,7 @@ def plan_deform_conv2d(x, offset, weight, bias, mask, out, col, stride, padding,
         cols = col if m == nb else col[:m]
         outs = out if (n0 == 0 and m == N) else out[n0:n0 + m]
         launches += plan_conv2d(cols, w_cols, bias, outs, (1, 1), (0, 0), (1, 1), groups,
-                                max_blocks, empty)
+                                max_blocks, empty, arm)
     return launches
 
 
@@ -147,23 +147,33 @@ def plan_deform_conv2d_fused(x, offset, weight, bias, mask, out, config, max_blo
 def deform_conv2d(x, offset, weight, bias, mask, *, stride, padding, dilation, groups,
                   offset_groups, out_hw):
     cp = _module.cupy()
-    N, C_in = x.shape[0], x.shape[1]
-    kh, kw = weight.shape[2], weight.shape[3]
-    out = cp.empty((N, weight.shape[0], out_hw[0], out_hw[1]), dtype=x.dtype)
+    out = cp.empty((x.shape[0], weight.shape[0], out_hw[0], out_hw[1]), dtype=x.dtype)
     if out.size == 0:
         return out
     max_blocks = _module.max_blocks()
-    if DEFORM_FUSED:
-        config = fused_config(x.shape, weight.shape, out.shape, stride, padding, dilation,
-                              groups, offset_groups, mask is not None, bias is not None,
-                              x.dtype.char, max_blocks, conv.SPLIT_K, conv.GEMM_VEC)
-        if config is not None:
-            _module.run(plan_deform_conv2d_fused(x, offset, weight, bias, mask, out, config,
-                                                 max_blocks, cp.empty))
-            return out
-    per_image = C_in * kh * kw * out_hw[0] * out_hw[1] * x.dtype.itemsize
-    nb = chunk_images(N, per_image)
-    col = cp.empty((nb, C_in * kh * kw, out_hw[0], out_hw[1]), dtype=x.dtype)
-    _module.run(plan_deform_conv2d(x, offset, weight, bias, mask, out, col, stride, padding,
-                                   dilation, groups, offset_groups, max_blocks, cp.empty))
+
+    def launch(arm):
+        a = arm or autotune.NO_ARM
+        if a.get("DEFORM_FUSED", DEFORM_FUSED):
+            config = fused_config(x.shape, weight.shape, out.shape, stride, padding, dilation,
+                                  groups, offset_groups, mask is not None, bias is not None,
+                                  x.dtype.char, max_blocks, a.get("SPLIT_K", conv.SPLIT_K),
+                                  a.get("GEMM_VEC", conv.GEMM_VEC))
+            if config is not None:
+                _module.run(plan_deform_conv2d_fused(x, offset, weight, bias, mask, out, config,
+                                                     max_blocks, cp.empty))
+                return
+        rows = x.shape[1] * weight.shape[2] * weight.shape[3]  # C_in * kH * kW
+        nb = chunk_images(x.shape[0], rows * out_hw[0] * out_hw[1] * x.dtype.itemsize)
+        col = cp.empty((nb, rows, out_hw[0], out_hw[1]), dtype=x.dtype)
+        _module.run(plan_deform_conv2d(x, offset, weight, bias, mask, out, col, stride, padding,
+                                       dilation, groups, offset_groups, max_blocks, cp.empty,
+                                       arm))
+
+    if autotune.enabled():
+        autotune.run("deform_conv2d", (x.shape, weight.shape, bias is not None,
+                                       mask is not None, stride, padding, dilation, groups,
+                                       offset_groups, x.dtype.char), launch)
+    else:
+        launch(None)
     return out

@@ -17,7 +17,7 @@ import functools
 
 import numpy as np
 
-from . import _module
+from . import _module, autotune
 from ._module import CTYPES, expr
 from .conv import BLOCK, _grid
 
@@ -43,17 +43,28 @@ def _scale(dtype, spatial_scale):
     return np.float64(spatial_scale) if dtype == np.float64 else np.float32(spatial_scale)
 
 
-def plan_roi_align(x, rois, out, spatial_scale, sampling_ratio, aligned, max_blocks):
+def _roi_settings(arm):
+    """``(ROI_CB, ROI_BOX_GRID)``: the module's, or where ``arm`` names them, the arm's."""
+    if arm is None:
+        return ROI_CB, ROI_BOX_GRID
+    return arm.get("ROI_CB", ROI_CB), arm.get("ROI_BOX_GRID", ROI_BOX_GRID)
+
+
+def plan_roi_align(x, rois, out, spatial_scale, sampling_ratio, aligned, max_blocks, arm=None):
+    """The launch of ``out = roi_align(x, rois)``; ``arm`` overrides the module settings it
+    names (see :mod:`.autotune`)."""
+    cb, box_grid = _roi_settings(arm)
     name, grid, scalars = _roi_config(
-        "roi_align", x.shape, out.shape, x.dtype.char, max_blocks, ROI_CB, ROI_BOX_GRID,
-        spatial_scale, int(sampling_ratio), bool(aligned))
+        "roi_align", x.shape, out.shape, x.dtype.char, max_blocks, cb, box_grid, spatial_scale,
+        int(sampling_ratio), bool(aligned))
     return [(name, grid, BLOCK, 0, (x, rois, out) + scalars)]
 
 
-def plan_roi_pool(x, rois, out, spatial_scale, max_blocks):
+def plan_roi_pool(x, rois, out, spatial_scale, max_blocks, arm=None):
+    """The launch of ``out = roi_pool(x, rois)``; ``arm`` as :func:`plan_roi_align`'s."""
+    cb, box_grid = _roi_settings(arm)
     name, grid, scalars = _roi_config(
-        "roi_pool", x.shape, out.shape, x.dtype.char, max_blocks, ROI_CB, ROI_BOX_GRID,
-        spatial_scale)
+        "roi_pool", x.shape, out.shape, x.dtype.char, max_blocks, cb, box_grid, spatial_scale)
     return [(name, grid, BLOCK, 0, (x, rois, out) + scalars)]
 
 
@@ -80,12 +91,23 @@ def _roi_config(kernel, xshape, oshape, dchar, max_blocks, cb, box_grid, spatial
     return name, _grid(-(-K * per_box // BLOCK), max_blocks), scalars
 
 
+def _box_bucket(k: int) -> int:
+    """The box count as autotuning keys it: rounded up to a power of two, since a detector
+    passes a different count with every image."""
+    return 1 << max(k - 1, 0).bit_length()
+
+
 def roi_align(x, rois, *, output_size, spatial_scale, sampling_ratio, aligned):
     cp = _module.cupy()
     out = cp.empty((rois.shape[0], x.shape[1], output_size[0], output_size[1]), dtype=x.dtype)
     if out.size:
-        _module.run(plan_roi_align(x, rois, out, spatial_scale, sampling_ratio, aligned,
-                                   _module.max_blocks()))
+        args = (x, rois, out, spatial_scale, sampling_ratio, aligned, _module.max_blocks())
+        if autotune.enabled():
+            autotune.run("roi_align", (x.shape, _box_bucket(rois.shape[0]), output_size,
+                                       sampling_ratio, bool(aligned), x.dtype.char),
+                         lambda arm: _module.run(plan_roi_align(*args, arm)))
+        else:
+            _module.run(plan_roi_align(*args))
     return out
 
 
@@ -93,7 +115,13 @@ def roi_pool(x, rois, *, output_size, spatial_scale):
     cp = _module.cupy()
     out = cp.empty((rois.shape[0], x.shape[1], output_size[0], output_size[1]), dtype=x.dtype)
     if out.size:
-        _module.run(plan_roi_pool(x, rois, out, spatial_scale, _module.max_blocks()))
+        args = (x, rois, out, spatial_scale, _module.max_blocks())
+        if autotune.enabled():
+            autotune.run("roi_pool", (x.shape, _box_bucket(rois.shape[0]), output_size,
+                                      x.dtype.char),
+                         lambda arm: _module.run(plan_roi_pool(*args, arm)))
+        else:
+            _module.run(plan_roi_pool(*args))
     return out
 
 

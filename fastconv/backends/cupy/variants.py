@@ -1,7 +1,9 @@
 """The cupy backend's optional kernel paths: the module settings that switch them, in one place.
 
 Each is implemented and tested (CPU emulator, NVRTC) and stays at its default until a
-GPU run of ``bench/ab_cupy_variants.py`` shows that another value pays:
+GPU run of ``bench/ab_cupy_variants.py`` shows that another value pays.  With
+``fastconv.set_autotune(True)`` the backend instead times the arms of
+:data:`.autotune.ARMS` (combinations of these settings) per problem and keeps the fastest:
 
 ============================  ========  =====================================================
 setting                       default   what the other values do

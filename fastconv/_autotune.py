@@ -1,0 +1,53 @@
+"""``fastconv.set_autotune``: the cupy backend's per-shape kernel choice, switched on and off."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def set_autotune(enabled: bool) -> bool:
+    """Choose the ``"cupy"`` backend's kernels per problem by timing them on the GPU.
+
+    Like ``torch.backends.cudnn.benchmark = True``: with autotuning on, the first call of
+    an op with a new problem (shapes, parameters, dtype, device) times each of the
+    backend's kernel paths for that op on the current stream -- split-K, the
+    phase-GEMM form of ``conv_transpose2d``, the vector register tiles, the one-kernel
+    ``deform_conv2d``, the RoI work layouts -- and later calls of that problem run the
+    fastest.  Results are the same either way (every path is tested against the oracle);
+    only speed differs.
+
+    The first call of each problem is slower: it synchronises the stream, runs the op a
+    few times per path, and may compile kernels the default paths do not use (seconds,
+    once per machine thanks to CuPy's disk cache).  Problems whose shapes change from call
+    to call are tuned again for each new shape, except the box count of ``roi_align`` and
+    ``roi_pool``, which counts in powers of two.  While the stream captures a CUDA graph
+    nothing is timed.  Other backends are not affected.
+
+    Parameters
+    ----------
+    enabled : bool
+        True to turn autotuning on, False (the default state) to turn it off.  Choices
+        already made are kept across off/on.
+
+    Returns
+    -------
+    bool
+        The previous state, so a caller can restore it.
+
+    Raises
+    ------
+    TypeError
+        If ``enabled`` is not a bool.
+
+    Examples
+    --------
+    >>> import fastconv
+    >>> previous = fastconv.set_autotune(True)
+    >>> fastconv.set_autotune(previous)
+    True
+    """
+    if not isinstance(enabled, (bool, np.bool_)):
+        raise TypeError(f"enabled must be a bool, got {type(enabled).__name__} {enabled!r}")
+    from .backends.cupy import autotune
+
+    return autotune.set_enabled(bool(enabled))

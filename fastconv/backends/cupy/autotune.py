@@ -1,0 +1,163 @@
+"""Per-shape choice of the cupy backend's kernel paths by timing them (``fastconv.set_autotune``).
+
+The optional paths of :mod:`.variants` (split-K, the phase GEMM for conv_transpose2d, the
+vector register tiles, the fused deformable kernel, the RoI work layouts) each win on some
+shapes and lose on others, so no single default suits every layer.  With autotuning on,
+the first call of an op with a given problem (shapes, parameters, dtype, device) runs
+every arm of :data:`ARMS` on the caller's stream, times each with CUDA events, and
+remembers the fastest; later calls with that problem launch the remembered arm at the cost
+of one dict lookup.  This is what ``torch.backends.cudnn.benchmark = True`` does for
+cuDNN's algorithms, and it has the same costs: the first call of each problem is slower
+(it synchronises the stream and runs the op about ``1 + ROUNDS`` times per arm, and may
+compile the optional kernels), and problems whose shapes change call after call are tuned
+again and again -- except the RoI ops, whose box count is rounded up to a power of two in
+the key, since detectors change it every image.
+
+Every arm computes the same result (each is tested against the oracle), so turning
+autotuning on never changes an output beyond rounding, nor an error: the module settings'
+own arm runs first, and an error there is raised as it would be without tuning.  Another
+arm that fails is skipped with a ``RuntimeWarning``.  While the stream is capturing a CUDA
+graph nothing is timed (that would synchronise inside the capture): an untuned problem then
+runs the module settings' arm and is tuned at a later call.
+
+This module holds the arms and the choices; the launchers pass an arm (a dict of
+:mod:`.variants` setting names to values) to their ``plan_*`` functions.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import warnings
+from types import MappingProxyType
+
+from . import _module
+
+#: op -> the arms tried besides the module settings (dicts of .variants setting names):
+#: also the arms of ``bench/ab_cupy_variants.py``, whose first arm is the shipped default
+_ROI = [{"ROI_BOX_GRID": False, "ROI_CB": None}, {"ROI_BOX_GRID": True, "ROI_CB": None},
+        {"ROI_BOX_GRID": True, "ROI_CB": 1}, {"ROI_BOX_GRID": False, "ROI_CB": 1},
+        {"ROI_BOX_GRID": True, "ROI_CB": 4}]
+ARMS = {
+    "conv2d": [{"SPLIT_K": s, "DEPTHWISE_TILED": t, "GEMM_VEC": v}
+               for s, t, v in ((1, True, False), (None, True, False), (1, False, False),
+                               (1, True, True), (None, True, True))],
+    "deform_conv2d": [{"DEFORM_FUSED": f, "SPLIT_K": s, "GEMM_VEC": v}
+                      for f, s, v in ((False, 1, False), (False, None, False), (True, 1, False),
+                                      (True, None, False), (False, None, True),
+                                      (True, 1, True), (True, None, True))],
+    "conv_transpose2d": [{"TRANSPOSED_GEMM": g, "SPLIT_K": s, "GEMM_VEC": v}
+                         for g, s, v in ((False, 1, False), (True, 1, False), (True, None, False),
+                                         (True, 1, True), (True, None, True))],
+    "roi_align": _ROI,
+    "roi_pool": _ROI,
+}
+#: timed runs of each arm after one untimed run (which compiles or loads its kernels); the
+#: rounds interleave the arms, and an arm's time is its fastest run
+ROUNDS = 3
+#: another arm replaces the module settings' only when at least this much faster (timing
+#: noise must not flip a choice between equals)
+MARGIN = 0.97
+
+#: the arm of a plain call: every setting from its module (read-only)
+NO_ARM = MappingProxyType({})
+
+_enabled = False
+_choices: dict = {}  # (op, device, key) -> {"arm", "label", "ms", "skipped"}
+_lock = threading.Lock()
+
+
+def enabled() -> bool:
+    return _enabled
+
+
+def set_enabled(flag: bool) -> bool:
+    """Turn autotuning on or off; returns the previous state (see ``fastconv.set_autotune``)."""
+    global _enabled
+    previous, _enabled = _enabled, flag
+    return previous
+
+
+def label(arm: dict) -> str:
+    """``"SPLIT_K=None GEMM_VEC=True"``."""
+    return " ".join(f"{k}={v}" for k, v in arm.items())
+
+
+def choices() -> list[dict]:
+    """What has been tuned so far: one dict per problem, in the order they were tuned.
+
+    Keys: ``op``, ``device``, ``key`` (the problem), ``arm`` (the settings chosen),
+    ``label`` (the same, as text), ``ms`` (each arm's best time in milliseconds, by label;
+    the first is the module settings' arm) and ``skipped`` (arms that failed, by label,
+    with the error).
+    """
+    with _lock:
+        return [dict(op=op, device=dev, key=key, **entry)
+                for (op, dev, key), entry in _choices.items()]
+
+
+def clear() -> None:
+    """Forget every choice (the next call of each problem is tuned again)."""
+    with _lock:
+        _choices.clear()
+
+
+def run(op: str, key: tuple, launch) -> None:
+    """Run one call of ``op``: ``launch(arm)`` enqueues its kernels with ``arm``'s settings
+    (``None``: the module settings).  With autotuning off this is ``launch(None)``.
+
+    ``key`` identifies the problem (shapes, parameters, dtype); the device is added here.
+    """
+    if not _enabled:
+        launch(None)
+        return
+    full = (op, _module.device(), key)
+    entry = _choices.get(full)
+    if entry is not None:
+        launch(entry["arm"])
+        return
+    if _module.capturing():  # no synchronising inside a graph capture: tune another time
+        launch(None)
+        return
+    entry = _tune(op, launch)
+    with _lock:
+        _choices[full] = entry
+    launch(entry["arm"])  # the output, from the chosen arm alone
+
+
+def _arms(op: str) -> list[dict]:
+    """The module settings' arm (their present values) and every other arm of ``op``."""
+    from .variants import current
+
+    now = current()
+    first = {name: now[name] for name in ARMS[op][0]}
+    return [first] + [arm for arm in ARMS[op] if arm != first]
+
+
+def _tune(op: str, launch) -> dict:
+    arms = _arms(op)
+    best = [math.inf] * len(arms)
+    skipped: dict = {}
+    for rnd in range(1 + ROUNDS):
+        for i, arm in enumerate(arms):
+            if label(arm) in skipped:
+                continue
+            try:
+                ms = _module.time_ms(lambda arm=arm: launch(arm))
+            except Exception as exc:
+                if i == 0:
+                    raise  # the call fails as it would without tuning
+                skipped[label(arm)] = f"{type(exc).__name__}: {exc}"
+                warnings.warn(f"fastconv autotune: {op} arm {label(arm)} skipped "
+                              f"({type(exc).__name__}: {exc})", RuntimeWarning, stacklevel=4)
+                continue
+            if rnd:
+                best[i] = min(best[i], ms)
+    chosen = 0
+    for i in range(1, len(arms)):
+        if best[i] < MARGIN * best[0] and best[i] < best[chosen]:
+            chosen = i
+    return {"arm": arms[chosen], "label": label(arms[chosen]),
+            "ms": {label(a): t for a, t in zip(arms, best, strict=True)
+                   if label(a) not in skipped},
+            "skipped": skipped}

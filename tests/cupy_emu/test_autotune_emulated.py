@@ -1,0 +1,95 @@
+"""Every op of the cupy backend with autotuning on, its CUDA C run by the CPU emulator.
+
+A stand-in clock makes one non-default arm the fastest (by the kernels it launches), so
+each test checks three things: the tuned call's output matches the oracle, the arm
+chosen is that one, and the next call of the problem launches its kernels untimed.
+"""
+
+import numpy as np
+import pytest
+from cupy_emu import emulator
+
+import fastconv
+from fastconv import reference
+from fastconv.backends.cupy import _module, autotune
+
+BACKEND = emulator.NAME
+
+
+@pytest.fixture
+def prefer(monkeypatch):
+    """``prefer(fragment)``: the clock reports 0.1 ms for calls that launch a kernel whose
+    name contains ``fragment`` and 1 ms for the others; returns the timing count."""
+    state = {"fragment": None, "timed": 0}
+
+    def time_ms(fn):
+        before = dict(emulator.LAUNCHED)
+        fn()
+        state["timed"] += 1
+        new = [k for k, n in emulator.LAUNCHED.items() if n != before.get(k, 0)]
+        return 0.1 if any(state["fragment"] in k for k in new) else 1.0
+
+    monkeypatch.setattr(_module, "time_ms", time_ms)
+    monkeypatch.setattr(autotune, "_choices", {})
+    monkeypatch.setattr(autotune, "_enabled", True)
+    monkeypatch.setattr(autotune, "ROUNDS", 1)  # the emulator is slow; the clock is exact
+
+    def set_fragment(fragment):
+        state["fragment"] = fragment
+        return state
+
+    return set_fragment
+
+
+def _rand(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def _cases(rng, dtype):
+    x = _rand(rng, (2, 16, 9, 11), dtype)
+    xt = _rand(rng, (2, 8, 5, 6), dtype)
+    xd = _rand(rng, (2, 8, 7, 8), dtype)
+    offset = (rng.standard_normal((2, 18, 7, 8)) * 1.5).astype(dtype)
+    mask = rng.uniform(0, 1, (2, 9, 7, 8)).astype(dtype)
+    boxes = np.array([[0, 1.0, 2.0, 9.5, 7.0], [1, 0.0, 0.0, 10.0, 8.0],
+                      [1, 3.2, 1.1, 5.0, 6.6]], dtype)
+    return [
+        # (op, arrays, params, fragment of the kernel name the clock favours)
+        ("conv2d", dict(input=x, weight=_rand(rng, (32, 16, 3, 3), dtype),
+                        bias=_rand(rng, (32,), dtype)), dict(padding=1, dilation=(2, 1)),
+         ", true>"),  # the vector register tiles
+        ("conv2d", dict(input=x, weight=_rand(rng, (16, 1, 3, 3), dtype)),
+         dict(padding=1, groups=16), "conv2d_depthwise_direct"),
+        ("conv_transpose2d", dict(input=xt, weight=_rand(rng, (8, 12, 4, 4), dtype),
+                                  bias=_rand(rng, (12,), dtype)), dict(stride=2, padding=1),
+         "conv_transpose2d_gemm"),
+        ("deform_conv2d", dict(input=xd, offset=offset, weight=_rand(rng, (32, 8, 3, 3), dtype),
+                               mask=mask), dict(padding=1),
+         # the fused kernel; in float64 its sampling table would not fit in shared memory,
+         # so the two-stage form with the vector tiles
+         "deform_conv2d_gemm" if dtype == "float32" else ", true>"),
+        ("roi_align", dict(input=x, boxes=boxes), dict(output_size=(3, 2), spatial_scale=0.5,
+                                                       sampling_ratio=2, aligned=True),
+         ", true>"),  # boxes on grid y
+        ("roi_pool", dict(input=x, boxes=boxes), dict(output_size=(2, 3), spatial_scale=0.5),
+         ", 1, "),  # one channel per thread
+    ]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_tuned_calls_match_the_oracle_and_reuse_the_choice(prefer, dtype):
+    rng = np.random.default_rng(7)
+    for op, arrays, params, fragment in _cases(rng, dtype):
+        state = prefer(fragment)
+        fn = getattr(fastconv, op)
+        want = getattr(reference, op)(**arrays, **params)
+        got = fn(**arrays, **params, backend=BACKEND)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=op)
+        entry = autotune.choices()[-1]
+        assert entry["op"] == op and entry["ms"][entry["label"]] == 0.1, entry
+        timed = state["timed"]
+        emulator.LAUNCHED.clear()
+        again = fn(**arrays, **params, backend=BACKEND)
+        assert state["timed"] == timed, op  # remembered: nothing timed
+        assert any(fragment in k for k in emulator.LAUNCHED), (op, emulator.LAUNCHED)
+        np.testing.assert_array_equal(again, got)
