@@ -55,7 +55,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     >>> w = np.ones((4, 2, 3, 3), np.float32)
     >>> fastconv.conv2d(x, w, padding=2, dilation=2).shape
     (1, 4, 8, 8)
-    >>> fastconv.conv2d(x, w[:, :1], groups=2, padding="same")[0, 0, 4, 4]
+    >>> float(fastconv.conv2d(x, w[:, :1], groups=2, padding="same")[0, 0, 4, 4])
     9.0
     """
     call = _dispatch.prepare(backend, input=input, weight=weight, bias=bias)
