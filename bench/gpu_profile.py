@@ -3,9 +3,10 @@
     python bench/gpu_profile.py host [--profile OP]   # host us per call, tiny inputs
     ncu --metrics ... python bench/gpu_profile.py kernels [--cases a,b]  # one call per case
 
-``host``: the wall time of one call on an idle GPU for every op on tiny inputs
-(fastconv ``cupy`` and ``numba_cuda``, and torch/torchvision on CUDA), median of
-2000 calls, the sync after each batch excluded; with ``--profile OP`` the cProfile
+``host``: the host time per call of every op on tiny inputs (fastconv ``cupy`` and
+``numba_cuda``, and torch/torchvision on CUDA), timed as ``fastconv bench`` times its
+host-overhead table (``_bench.host_overhead_us``: the median of batches of back-to-back
+calls, the sync after each batch excluded); with ``--profile OP`` the cProfile
 table of that op's cupy call follows.  ``kernels``: each benchmark case once per
 backend after a warm-up, between ``cudaProfilerStart``/``Stop`` so that
 ``ncu --profile-from-start off`` sees only the timed call's kernels.
@@ -16,8 +17,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
-import statistics
-import time
 
 import numpy as np
 
@@ -40,17 +39,7 @@ def host(args):
     print(f"{'case':20s} {'impl':20s} {'host us/call':>12s}")
     for case in cases:
         for impl, r in _tiny_case_runners(case, args.backends.split(",")).items():
-            for _ in range(20):
-                r.call()
-            r.sync()
-            samples = []
-            for _ in range(20):
-                t0 = time.perf_counter()
-                for _ in range(100):
-                    r.call()
-                samples.append((time.perf_counter() - t0) / 100)
-                r.sync()
-            print(f"{case.name:20s} {impl:20s} {statistics.median(samples) * 1e6:12.1f}")
+            print(f"{case.name:20s} {impl:20s} {_bench.host_overhead_us(r):12.1f}")
     if args.profile:
         r = _tiny_case_runners(_cases.get(args.profile), ["cupy"])["fastconv:cupy"]
         r.call()

@@ -95,11 +95,13 @@ if has bench; then
     rm -f "$LOGDIR/bench.json" "$LOGDIR/ab_cupy_variants.json"  # never record a stale run
     # cupy autotunes per case (compiling its optional kernels once: ~20 s more than before),
     # so the A/B step after it finds them in CuPy's disk cache
-    run_step bench "${BENCH_TIMEOUT:-240}" "$PY" -m fastconv bench --backend cupy,numba_cuda \
+    run_step bench "${BENCH_TIMEOUT:-260}" "$PY" -m fastconv bench --backend cupy,numba_cuda \
         --no-first-call --no-progress --json "$LOGDIR/bench.json"
     run_step ab_cupy_variants "${AB_TIMEOUT:-200}" "$PY" bench/ab_cupy_variants.py \
         --json "$LOGDIR/ab_cupy_variants.json"
-    run_step host 60 "$PY" bench/gpu_profile.py host --profile dilated_small
+    # the bench's own table has every op's host time per call; this adds where a cupy call's
+    # host time goes (cProfile)
+    run_step host 40 "$PY" bench/gpu_profile.py host --cases dilated_small --profile dilated_small
 fi
 
 # ------------------------------------------------------------------------------ record
@@ -158,7 +160,8 @@ def bench_cases():
                                         if k in s}
                                     for b, s in e.get("fastconv", {}).items()}}
     return {"ceiling": gpu.get("ceiling"), "versions": gpu.get("versions"),
-            "cupy_autotune": gpu.get("autotune"), "cases": cases}
+            "cupy_autotune": gpu.get("autotune"), "host_overhead": gpu.get("host_overhead"),
+            "cases": cases}
 
 def json_file(name):
     path = os.path.join(os.environ["LOGDIR"], name)

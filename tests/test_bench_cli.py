@@ -237,7 +237,28 @@ def test_gpu_path_with_host_events(monkeypatch):
         assert s["host_us_target"] == _bench.HOST_OVERHEAD_TARGET_US[b]
     text = _bench.render(result)
     assert "GPU Fake GPU" in text and "host time per call, cupy" in text
+    # the per-call host overhead: one tiny case per op, back-to-back calls, with the targets
+    host = gpu["host_overhead"]
+    assert host["target_us"] == _bench.HOST_OVERHEAD_TARGET_US
+    assert set(host["cases"]) == {"depthwise", "roi_align_fpn"}
+    for row in host["cases"].values():
+        assert row["peer"]["us"] > 0 and "met" not in row["peer"]
+        for b in ("cupy", "numba_cuda"):
+            assert row[b]["us"] > 0
+            assert row[b]["met"] == (row[b]["us"] < _bench.HOST_OVERHEAD_TARGET_US[b])
+    assert "host us per call, median of" in text and "numba_cuda us" in text
     json.dumps(_bench._jsonable(result))
+
+
+def test_host_overhead_counts_back_to_back_calls(monkeypatch):
+    calls, syncs = [], []
+    runner = _bench.Runner("x", "x", lambda: calls.append(1), lambda: syncs.append(1), "host",
+                           "tiny")
+    monkeypatch.setattr(_bench, "HOST_OVERHEAD_SAMPLES", 3)
+    us = _bench.host_overhead_us(runner)
+    assert us > 0
+    assert len(calls) == _bench.HOST_OVERHEAD_WARMUP + 3 * _bench.HOST_OVERHEAD_CALLS
+    assert len(syncs) == 1 + 3  # after the warm-up and after each sample, outside the timing
 
 
 @pytest.mark.parametrize("no_autotune", [False, True])
