@@ -33,11 +33,12 @@ from types import MappingProxyType
 
 from . import _module
 
-#: op -> the arms tried besides the module settings (dicts of .variants setting names):
-#: also the arms of ``bench/ab_cupy_variants.py``, whose first arm is the shipped default
 _ROI = [{"ROI_BOX_GRID": False, "ROI_CB": None}, {"ROI_BOX_GRID": True, "ROI_CB": None},
         {"ROI_BOX_GRID": True, "ROI_CB": 1}, {"ROI_BOX_GRID": False, "ROI_CB": 1},
         {"ROI_BOX_GRID": True, "ROI_CB": 4}]
+#: op -> its arms (dicts of .variants setting names to values), the shipped defaults first;
+#: tuning tries them after the module settings' present values (:func:`_arms`), and
+#: ``bench/ab_cupy_variants.py`` times the same arms against the peer
 ARMS = {
     "conv2d": [{"SPLIT_K": s, "DEPTHWISE_TILED": t, "GEMM_VEC": v}
                for s, t, v in ((1, True, False), (None, True, False), (1, False, False),
