@@ -1248,7 +1248,7 @@ def _run_gpu_case(case, backends, args, progress, peer_status, env, ceiling, sec
         tuned = autotune.choices()[tuned_before:]
         if tuned and "cupy" in entry["fastconv"]:
             entry["fastconv"]["cupy"]["autotune"] = [
-                {k: t[k] for k in ("label", "ms", "skipped")} for t in tuned]
+                {k: t[k] for k in ("label", "ms", "skipped", "same_as")} for t in tuned]
         section["cases"][case.name] = entry
     return case_ok
 
@@ -1560,10 +1560,13 @@ def _autotune_lines(gpu: dict) -> list:
     for name, e in gpu["cases"].items():
         for t in e["fastconv"].get("cupy", {}).get("autotune", []):
             ms = t["ms"]
-            first = next(iter(ms.values()), math.nan)
+            if not ms:
+                lines.append(f"  {name}: {t['label']} (the one distinct plan, not timed)")
+                continue
+            first = next(iter(ms.values()))
             mine = ms.get(t["label"], math.nan)
-            lines.append(f"  {name}: {t['label']} (x{first / mine:.2f})" + (
-                f"; skipped {', '.join(t['skipped'])}" if t["skipped"] else ""))
+            lines.append(f"  {name}: {t['label']} (x{first / mine:.2f}, {len(ms)} plans timed)"
+                         + (f"; skipped {', '.join(t['skipped'])}" if t["skipped"] else ""))
     return lines
 
 

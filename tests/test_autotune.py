@@ -89,6 +89,48 @@ def test_another_problem_or_device_is_tuned_again(tuner):
     assert autotune.choices() == []
 
 
+def test_arms_planning_alike_are_timed_once(tuner):
+    arms = autotune._arms("conv2d")
+    # a stand-in signature: only DEPTHWISE_TILED matters (as for a depthwise conv2d)
+    def signature(arm):
+        return arm["DEPTHWISE_TILED"]
+
+    direct = next(a for a in arms if not a["DEPTHWISE_TILED"])
+    tuner.ms = {autotune.label(direct): 0.5}
+    autotune.run("conv2d", ("k",), _launch(tuner), signature)
+    (entry,) = autotune.choices()
+    assert list(entry["ms"]) == [autotune.label(arms[0]), autotune.label(direct)]
+    assert entry["arm"] == direct
+    assert tuner.timed == (1 + autotune.ROUNDS) * 2
+    assert entry["same_as"] == {autotune.label(a): autotune.label(arms[0])
+                                for a in arms[1:] if a["DEPTHWISE_TILED"]}
+    assert set(entry["same_as"]) | set(entry["ms"]) == {autotune.label(a) for a in arms}
+
+
+def test_a_problem_with_one_distinct_plan_is_not_timed(tuner):
+    autotune.run("roi_pool", ("k",), _launch(tuner), lambda arm: "same")
+    (entry,) = autotune.choices()
+    arms = autotune._arms("roi_pool")
+    assert tuner.timed == 0 and tuner.launched == [arms[0]]
+    assert entry["arm"] == arms[0] and entry["ms"] == {}
+    assert len(entry["same_as"]) == len(arms) - 1
+
+
+def test_an_arm_whose_signature_fails_is_timed_like_any_other(tuner):
+    arms = autotune._arms("roi_align")
+    odd = autotune.label(arms[2])
+
+    def signature(arm):
+        if autotune.label(arm) == odd:
+            raise ValueError("no plan")
+        return "same"
+
+    tuner.ms = {odd: 0.5}
+    autotune.run("roi_align", ("k",), _launch(tuner), signature)
+    (entry,) = autotune.choices()
+    assert list(entry["ms"]) == [autotune.label(arms[0]), odd] and entry["arm"] == arms[2]
+
+
 def test_a_near_tie_keeps_the_module_settings(tuner):
     arms = autotune._arms("roi_align")
     tuner.ms = {autotune.label(arms[0]): 1.0, autotune.label(arms[2]): 0.99}

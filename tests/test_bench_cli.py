@@ -280,8 +280,10 @@ def test_gpu_path_records_what_autotuning_chose(monkeypatch, no_autotune):
     monkeypatch.setattr(_module, "capturing", lambda: False)
     monkeypatch.setattr(autotune, "_choices", {})
     monkeypatch.setattr(autotune, "_enabled", False)
-    env = _fake_gpu(monkeypatch, lambda case: autotune.run(case.op, (case.name,),
-                                                           launched.append))
+    # roi_pool's arms all plan alike here (a constant signature): chosen untimed
+    env = _fake_gpu(monkeypatch, lambda case: autotune.run(
+        case.op, (case.name,), launched.append,
+        (lambda arm: 0) if case.op == "roi_pool" else None))
     args = _bench.build_parser().parse_args(
         ["--size", "tiny", "--repeat", "1"] + (["--no-autotune"] if no_autotune else []))
     result = {"date": "today", "versions": {}, "machine": {}}
@@ -297,11 +299,16 @@ def test_gpu_path_records_what_autotuning_chose(monkeypatch, no_autotune):
         assert "autotune" not in gpu["cases"]["dilated_small"]["fastconv"]["cupy"]
         assert "default kernel paths (--no-autotune)" in text
         return
-    for case in cases:
-        (tuned,) = gpu["cases"][case.name]["fastconv"]["cupy"]["autotune"]
-        assert tuned["label"] == fast[case.op] and tuned["skipped"] == {}
-        assert tuned["ms"][fast[case.op]] == 0.5
-        assert f"{case.name}: {fast[case.op]} (x2.00)" in text
+    (tuned,) = gpu["cases"]["dilated_small"]["fastconv"]["cupy"]["autotune"]
+    assert tuned["label"] == fast["conv2d"] and tuned["skipped"] == tuned["same_as"] == {}
+    assert tuned["ms"][fast["conv2d"]] == 0.5
+    n = len(arms["conv2d"])
+    assert f"dilated_small: {fast['conv2d']} (x2.00, {n} plans timed)" in text
+    (tuned,) = gpu["cases"]["roi_pool_fpn"]["fastconv"]["cupy"]["autotune"]
+    default = autotune.label(arms["roi_pool"][0])
+    assert tuned["label"] == default and tuned["ms"] == {}
+    assert len(tuned["same_as"]) == len(arms["roi_pool"]) - 1
+    assert f"roi_pool_fpn: {default} (the one distinct plan, not timed)" in text
     json.dumps(_bench._jsonable(result))
 
 

@@ -82,6 +82,7 @@ def test_tuned_calls_match_the_oracle_and_reuse_the_choice(prefer, dtype):
     tol = 2e-2 if dtype == "float16" else 1e-4
     for op, arrays, params, fragment in _cases(rng, dtype):
         state = prefer(fragment)
+        timed = state["timed"]
         fn = getattr(fastconv, op)
         want = getattr(reference, op)(**arrays, **params)
         got = fn(**arrays, **params, backend=BACKEND)
@@ -89,9 +90,48 @@ def test_tuned_calls_match_the_oracle_and_reuse_the_choice(prefer, dtype):
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale, err_msg=op)
         entry = autotune.choices()[-1]
         assert entry["op"] == op and entry["ms"][entry["label"]] == 0.1, entry
+        # each distinct plan timed once untimed-warm and ROUNDS (1) times
+        assert state["timed"] == timed + 2 * len(entry["ms"]), (op, entry)
+        assert len(entry["ms"]) + len(entry["same_as"]) == len(autotune._arms(op)), entry
+        if fragment == "conv2d_depthwise_direct":  # only DEPTHWISE_TILED matters
+            assert len(entry["ms"]) == 2, entry
         timed = state["timed"]
         emulator.LAUNCHED.clear()
         again = fn(**arrays, **params, backend=BACKEND)
         assert state["timed"] == timed, op  # remembered: nothing timed
         assert any(fragment in k for k in emulator.LAUNCHED), (op, emulator.LAUNCHED)
         np.testing.assert_array_equal(again, got)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_arms_with_equal_signatures_plan_the_same_launches(monkeypatch, dtype):
+    """The signatures autotuning compares are truthful: for every case, two arms have equal
+    signatures exactly when their launches (kernel names, grids, blocks, shared memory and
+    scalar arguments) are the same."""
+    captured = {}
+
+    def capture(op, key, launch, signature=None):
+        captured.update(launch=launch, signature=signature)
+        launch(None)
+
+    monkeypatch.setattr(autotune, "_enabled", True)
+    monkeypatch.setattr(autotune, "run", capture)
+    plans = []
+    monkeypatch.setattr(_module, "run", lambda launches: plans.append(tuple(
+        (name, grid, block, smem, tuple(a.item() for a in args if isinstance(a, np.generic)))
+        for name, grid, block, smem, args in launches)))
+    rng = np.random.default_rng(3)
+    for op, arrays, params, _ in _cases(rng, dtype):
+        getattr(fastconv, op)(**arrays, **params, backend=BACKEND)
+        arms = autotune._arms(op)
+        sigs, launched = [], []
+        for arm in arms:
+            sigs.append(captured["signature"](arm))
+            plans.clear()
+            captured["launch"](arm)
+            (plan,) = plans
+            launched.append(plan)
+        for i in range(len(arms)):
+            for j in range(i):
+                assert (sigs[i] == sigs[j]) == (launched[i] == launched[j]), (op, arms[i], arms[j])
+        assert len(set(sigs)) > 1, op  # every case has a real choice

@@ -4,14 +4,16 @@ The optional paths of :mod:`.variants` (split-K, the phase GEMM for conv_transpo
 vector register tiles, the fused deformable kernel, the RoI work layouts) each win on some
 shapes and lose on others, so no single default suits every layer.  With autotuning on,
 the first call of an op with a given problem (shapes, parameters, dtype, device) runs
-every arm of :data:`ARMS` on the caller's stream, times each with CUDA events, and
-remembers the fastest; later calls with that problem launch the remembered arm at the cost
-of one dict lookup.  This is what ``torch.backends.cudnn.benchmark = True`` does for
-cuDNN's algorithms, and it has the same costs: the first call of each problem is slower
-(it synchronises the stream and runs the op about ``1 + ROUNDS`` times per arm, and may
-compile the optional kernels), and problems whose shapes change call after call are tuned
-again and again -- except the RoI ops, whose box count is rounded up to a power of two in
-the key, since detectors change it every image.
+every arm of :data:`ARMS` on the caller's stream (each distinct plan once: arms that
+launch the same kernels with the same arguments for this problem are timed as one),
+times each with CUDA events, and remembers the fastest; later calls with that problem
+launch the remembered arm at the cost of one dict lookup.  This is what
+``torch.backends.cudnn.benchmark = True`` does for cuDNN's algorithms, and it has the same
+costs: the first call of each problem is slower (it synchronises the stream and runs the
+op about ``1 + ROUNDS`` times per distinct arm, and may compile the optional kernels), and
+problems whose shapes change call after call are tuned again and again -- except the RoI
+ops, whose box count is rounded up to a power of two in the key, since detectors change it
+every image.
 
 Every arm computes the same result (each is tested against the oracle), so turning
 autotuning on never changes an output beyond rounding, nor an error: the module settings'
@@ -88,9 +90,10 @@ def choices() -> list[dict]:
     """What has been tuned so far: one dict per problem, in the order they were tuned.
 
     Keys: ``op``, ``device``, ``key`` (the problem), ``arm`` (the settings chosen),
-    ``label`` (the same, as text), ``ms`` (each arm's best time in milliseconds, by label;
-    the first is the module settings' arm) and ``skipped`` (arms that failed, by label,
-    with the error).
+    ``label`` (the same, as text), ``ms`` (each timed arm's best time in milliseconds, by
+    label; the first is the module settings' arm; empty when only one arm was distinct),
+    ``skipped`` (arms that failed, by label, with the error) and ``same_as`` (arms not timed
+    because they plan the same launches as an earlier arm: label -> that arm's label).
     """
     with _lock:
         return [dict(op=op, device=dev, key=key, **entry)
@@ -103,11 +106,16 @@ def clear() -> None:
         _choices.clear()
 
 
-def run(op: str, key: tuple, launch) -> None:
+def run(op: str, key: tuple, launch, signature=None) -> None:
     """Run one call of ``op``: ``launch(arm)`` enqueues its kernels with ``arm``'s settings
     (``None``: the module settings).  With autotuning off this is ``launch(None)``.
 
     ``key`` identifies the problem (shapes, parameters, dtype); the device is added here.
+    ``signature(arm)``, if given, is a hashable summary of what ``launch(arm)`` would enqueue
+    (kernel names, grids, scalar arguments), computed without allocating or launching: arms
+    whose signatures are equal run the same kernels, so only the first of them is timed
+    (e.g. split-K and the vector tiles change nothing for a depthwise conv2d), and a problem
+    with a single distinct arm is not timed at all.
     """
     if not _enabled:
         launch(None)
@@ -120,7 +128,7 @@ def run(op: str, key: tuple, launch) -> None:
     if _module.capturing():  # no synchronising inside a graph capture: tune another time
         launch(None)
         return
-    entry = _tune(op, launch)
+    entry = _tune(op, launch, signature)
     with _lock:
         _choices[full] = entry
     launch(entry["arm"])  # the output, from the chosen arm alone
@@ -135,8 +143,32 @@ def _arms(op: str) -> list[dict]:
     return [first] + [arm for arm in ARMS[op] if arm != first]
 
 
-def _tune(op: str, launch) -> dict:
-    arms = _arms(op)
+def _distinct(arms: list[dict], signature) -> tuple[list[dict], dict]:
+    """``(arms, same_as)``: the arms with distinct signatures, in order, and for each arm
+    left out the label of the earlier arm it plans alike.  An arm whose signature cannot be
+    computed is kept (timing it will tell what is wrong, or raise as the call would)."""
+    if signature is None:
+        return arms, {}
+    kept, same_as, first = [], {}, {}
+    for arm in arms:
+        try:
+            sig = signature(arm)
+        except Exception:
+            kept.append(arm)
+            continue
+        if sig in first:
+            same_as[label(arm)] = label(first[sig])
+        else:
+            first[sig] = arm
+            kept.append(arm)
+    return kept, same_as
+
+
+def _tune(op: str, launch, signature=None) -> dict:
+    arms, same_as = _distinct(_arms(op), signature)
+    if len(arms) == 1:  # nothing to choose between: no timing, no synchronisation
+        return {"arm": arms[0], "label": label(arms[0]), "ms": {}, "skipped": {},
+                "same_as": same_as}
     best = [math.inf] * len(arms)
     skipped: dict = {}
     for rnd in range(1 + ROUNDS):
@@ -161,4 +193,4 @@ def _tune(op: str, launch) -> dict:
     return {"arm": arms[chosen], "label": label(arms[chosen]),
             "ms": {label(a): t for a, t in zip(arms, best, strict=True)
                    if label(a) not in skipped},
-            "skipped": skipped}
+            "skipped": skipped, "same_as": same_as}

@@ -120,16 +120,8 @@ def plan_conv2d(x, weight, bias, out, stride, padding, dilation, groups, max_blo
     implicit GEMM is not split.  ``arm`` (a dict of :mod:`.variants` settings, see
     :mod:`.autotune`) overrides the module settings it names.
     """
-    if arm is None:
-        split, tiled, vec = SPLIT_K, DEPTHWISE_TILED, GEMM_VEC
-    else:
-        split, tiled, vec = (arm.get("SPLIT_K", SPLIT_K),
-                             arm.get("DEPTHWISE_TILED", DEPTHWISE_TILED),
-                             arm.get("GEMM_VEC", GEMM_VEC))
-    name, grid, smem, scalars, splits = _conv2d_config(
-        x.shape, weight.shape, bias is not None, out.shape, stride, padding, dilation, groups,
-        x.dtype.char, max_blocks, split if empty is not None else 1, tiled, vec,
-    )
+    name, grid, smem, scalars, splits = conv2d_config(
+        x, weight, bias, out, stride, padding, dilation, groups, max_blocks, empty, arm)
     args = (x, weight, weight if bias is None else bias, out) + scalars
     if not name.startswith("fc::conv2d_gemm"):
         return [(name, grid, BLOCK, smem, args)]
@@ -186,19 +178,43 @@ def plan_conv_transpose2d(x, weight, bias, out, stride, padding, dilation, group
     """Launches computing ``out = conv_transpose2d(x, weight)``: by gathering, or with
     :data:`TRANSPOSED_GEMM` one implicit GEMM per output phase (split-K as conv2d's, when
     ``empty`` can allocate the partial sums).  ``arm`` as :func:`plan_conv2d`'s."""
-    if arm is None:
-        gemm, split, vec = TRANSPOSED_GEMM, SPLIT_K, GEMM_VEC
-    else:
-        gemm, split, vec = (arm.get("TRANSPOSED_GEMM", TRANSPOSED_GEMM),
-                            arm.get("SPLIT_K", SPLIT_K), arm.get("GEMM_VEC", GEMM_VEC))
-    name, grid, smem, scalars, splits = _conv_transpose2d_config(
-        x.shape, weight.shape, bias is not None, out.shape, stride, padding, dilation, groups,
-        x.dtype.char, max_blocks, gemm, split if empty is not None else 1, vec,
-    )
+    name, grid, smem, scalars, splits = conv_transpose2d_config(
+        x, weight, bias, out, stride, padding, dilation, groups, max_blocks, empty, arm)
     args = (x, weight, weight if bias is None else bias, out) + scalars
     if not name.startswith("fc::conv_transpose2d_gemm"):
         return [(name, grid, BLOCK, smem, args)]
     return gemm_launches((name, grid, BLOCK, smem, args), splits, bias, out, max_blocks, empty)
+
+
+def conv2d_config(x, weight, bias, out, stride, padding, dilation, groups, max_blocks,
+                  empty=None, arm=None):
+    """``(kernel name, grid, shared memory bytes, scalar args, splits)`` of the conv2d launch
+    that :func:`plan_conv2d` plans with the same arguments (no allocation: autotuning compares
+    the arms' configurations to time each distinct plan once)."""
+    return _conv2d_config(
+        x.shape, weight.shape, bias is not None, out.shape, stride, padding, dilation, groups,
+        x.dtype.char, max_blocks, *conv2d_settings(arm, empty is not None))
+
+
+def conv2d_settings(arm, can_split: bool) -> tuple:
+    """``(split, depthwise_tiled, vec)`` of :func:`_conv2d_config`: :data:`SPLIT_K` (1 unless
+    ``can_split``, i.e. a workspace can be allocated), :data:`DEPTHWISE_TILED` and
+    :data:`GEMM_VEC`, each from ``arm`` where it names it, else the module's."""
+    a = autotune.NO_ARM if arm is None else arm
+    return (a.get("SPLIT_K", SPLIT_K) if can_split else 1,
+            a.get("DEPTHWISE_TILED", DEPTHWISE_TILED), a.get("GEMM_VEC", GEMM_VEC))
+
+
+def conv_transpose2d_config(x, weight, bias, out, stride, padding, dilation, groups,
+                            max_blocks, empty=None, arm=None):
+    """The configuration of :func:`plan_conv_transpose2d`'s first launch, as
+    :func:`conv2d_config`'s."""
+    a = autotune.NO_ARM if arm is None else arm
+    split = a.get("SPLIT_K", SPLIT_K) if empty is not None else 1
+    return _conv_transpose2d_config(
+        x.shape, weight.shape, bias is not None, out.shape, stride, padding, dilation, groups,
+        x.dtype.char, max_blocks, a.get("TRANSPOSED_GEMM", TRANSPOSED_GEMM), split,
+        a.get("GEMM_VEC", GEMM_VEC))
 
 
 # The configurations are memoised on the shapes and parameters (all hashable), so a
@@ -308,7 +324,8 @@ def conv2d(x, weight, bias, *, stride, padding, dilation, groups, out_hw):
         if autotune.enabled():
             autotune.run("conv2d", (x.shape, weight.shape, bias is not None, stride, padding,
                                     dilation, groups, out_hw, x.dtype.char),
-                         lambda arm: _module.run(plan_conv2d(*args, arm)))
+                         lambda arm: _module.run(plan_conv2d(*args, arm)),
+                         lambda arm: conv2d_config(*args, arm))
         else:
             _module.run(plan_conv2d(*args))
     return out
@@ -324,7 +341,8 @@ def conv_transpose2d(x, weight, bias, *, stride, padding, dilation, groups, out_
         if autotune.enabled():
             autotune.run("conv_transpose2d", (x.shape, weight.shape, bias is not None, stride,
                                               padding, dilation, groups, out_hw, x.dtype.char),
-                         lambda arm: _module.run(plan_conv_transpose2d(*args, arm)))
+                         lambda arm: _module.run(plan_conv_transpose2d(*args, arm)),
+                         lambda arm: conv_transpose2d_config(*args, arm))
         else:
             _module.run(plan_conv_transpose2d(*args))
     return out

@@ -151,29 +151,44 @@ def deform_conv2d(x, offset, weight, bias, mask, *, stride, padding, dilation, g
     if out.size == 0:
         return out
     max_blocks = _module.max_blocks()
+    rows = x.shape[1] * weight.shape[2] * weight.shape[3]  # C_in * kH * kW
+    nb = chunk_images(x.shape[0], rows * out_hw[0] * out_hw[1] * x.dtype.itemsize)
+
+    def fused(arm):  # the fused kernel's configuration, None for the two-stage path
+        a = autotune.NO_ARM if arm is None else arm
+        if not a.get("DEFORM_FUSED", DEFORM_FUSED):
+            return None
+        return fused_config(x.shape, weight.shape, out.shape, stride, padding, dilation,
+                            groups, offset_groups, mask is not None, bias is not None,
+                            x.dtype.char, max_blocks, a.get("SPLIT_K", conv.SPLIT_K),
+                            a.get("GEMM_VEC", conv.GEMM_VEC))
 
     def launch(arm):
-        a = arm or autotune.NO_ARM
-        if a.get("DEFORM_FUSED", DEFORM_FUSED):
-            config = fused_config(x.shape, weight.shape, out.shape, stride, padding, dilation,
-                                  groups, offset_groups, mask is not None, bias is not None,
-                                  x.dtype.char, max_blocks, a.get("SPLIT_K", conv.SPLIT_K),
-                                  a.get("GEMM_VEC", conv.GEMM_VEC))
-            if config is not None:
-                _module.run(plan_deform_conv2d_fused(x, offset, weight, bias, mask, out, config,
-                                                     max_blocks, cp.empty))
-                return
-        rows = x.shape[1] * weight.shape[2] * weight.shape[3]  # C_in * kH * kW
-        nb = chunk_images(x.shape[0], rows * out_hw[0] * out_hw[1] * x.dtype.itemsize)
+        config = fused(arm)
+        if config is not None:
+            _module.run(plan_deform_conv2d_fused(x, offset, weight, bias, mask, out, config,
+                                                 max_blocks, cp.empty))
+            return
         col = cp.empty((nb, rows, out_hw[0], out_hw[1]), dtype=x.dtype)
         _module.run(plan_deform_conv2d(x, offset, weight, bias, mask, out, col, stride, padding,
                                        dilation, groups, offset_groups, max_blocks, cp.empty,
                                        arm))
 
+    def signature(arm):
+        config = fused(arm)
+        if config is not None:
+            return config
+        # the two-stage path: only its 1x1 GEMM depends on the arm (per chunk size)
+        chunks = sorted({nb, x.shape[0] % nb or nb})
+        return tuple(conv._conv2d_config(
+            (m, rows, *out_hw), (weight.shape[0], rows // groups, 1, 1), bias is not None,
+            (m, weight.shape[0], *out_hw), (1, 1), (0, 0), (1, 1), groups, x.dtype.char,
+            max_blocks, *conv.conv2d_settings(arm, True)) for m in chunks)
+
     if autotune.enabled():
         autotune.run("deform_conv2d", (x.shape, weight.shape, bias is not None,
                                        mask is not None, stride, padding, dilation, groups,
-                                       offset_groups, x.dtype.char), launch)
+                                       offset_groups, x.dtype.char), launch, signature)
     else:
         launch(None)
     return out

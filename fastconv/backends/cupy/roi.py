@@ -53,19 +53,31 @@ def _roi_settings(arm):
 def plan_roi_align(x, rois, out, spatial_scale, sampling_ratio, aligned, max_blocks, arm=None):
     """The launch of ``out = roi_align(x, rois)``; ``arm`` overrides the module settings it
     names (see :mod:`.autotune`)."""
-    cb, box_grid = _roi_settings(arm)
-    name, grid, scalars = _roi_config(
-        "roi_align", x.shape, out.shape, x.dtype.char, max_blocks, cb, box_grid, spatial_scale,
-        int(sampling_ratio), bool(aligned))
+    name, grid, scalars = roi_align_config(x, rois, out, spatial_scale, sampling_ratio, aligned,
+                                           max_blocks, arm)
     return [(name, grid, BLOCK, 0, (x, rois, out) + scalars)]
 
 
 def plan_roi_pool(x, rois, out, spatial_scale, max_blocks, arm=None):
     """The launch of ``out = roi_pool(x, rois)``; ``arm`` as :func:`plan_roi_align`'s."""
-    cb, box_grid = _roi_settings(arm)
-    name, grid, scalars = _roi_config(
-        "roi_pool", x.shape, out.shape, x.dtype.char, max_blocks, cb, box_grid, spatial_scale)
+    name, grid, scalars = roi_pool_config(x, rois, out, spatial_scale, max_blocks, arm)
     return [(name, grid, BLOCK, 0, (x, rois, out) + scalars)]
+
+
+def roi_align_config(x, rois, out, spatial_scale, sampling_ratio, aligned, max_blocks,
+                     arm=None):
+    """``(kernel name, grid, scalar args)`` of :func:`plan_roi_align`'s launch (autotuning
+    compares the arms' configurations to time each distinct plan once)."""
+    cb, box_grid = _roi_settings(arm)
+    return _roi_config("roi_align", x.shape, out.shape, x.dtype.char, max_blocks, cb, box_grid,
+                       spatial_scale, int(sampling_ratio), bool(aligned))
+
+
+def roi_pool_config(x, rois, out, spatial_scale, max_blocks, arm=None):
+    """``(kernel name, grid, scalar args)`` of :func:`plan_roi_pool`'s launch."""
+    cb, box_grid = _roi_settings(arm)
+    return _roi_config("roi_pool", x.shape, out.shape, x.dtype.char, max_blocks, cb, box_grid,
+                       spatial_scale)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -105,7 +117,8 @@ def roi_align(x, rois, *, output_size, spatial_scale, sampling_ratio, aligned):
         if autotune.enabled():
             autotune.run("roi_align", (x.shape, _box_bucket(rois.shape[0]), output_size,
                                        sampling_ratio, bool(aligned), x.dtype.char),
-                         lambda arm: _module.run(plan_roi_align(*args, arm)))
+                         lambda arm: _module.run(plan_roi_align(*args, arm)),
+                         lambda arm: roi_align_config(*args, arm))
         else:
             _module.run(plan_roi_align(*args))
     return out
@@ -119,7 +132,8 @@ def roi_pool(x, rois, *, output_size, spatial_scale):
         if autotune.enabled():
             autotune.run("roi_pool", (x.shape, _box_bucket(rois.shape[0]), output_size,
                                       x.dtype.char),
-                         lambda arm: _module.run(plan_roi_pool(*args, arm)))
+                         lambda arm: _module.run(plan_roi_pool(*args, arm)),
+                         lambda arm: roi_pool_config(*args, arm))
         else:
             _module.run(plan_roi_pool(*args))
     return out
