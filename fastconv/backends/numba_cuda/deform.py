@@ -16,6 +16,8 @@ The edge rule is :func:`._bilinear.functions` ``corners_zero_pad`` (zero padding
 
 from __future__ import annotations
 
+import functools
+
 from numba import cuda
 
 from ._bilinear import functions as _bilinear_functions
@@ -90,9 +92,36 @@ def ptx_cases(T):
     return cases
 
 
+@functools.cache
+def _sample_function(T):
+    """``sample_setup`` for float type ``T``: the one place both kernels compute a deformed
+    sample point."""
+    one = T(1.0)
+    corners_zero_pad = _bilinear_functions(T)[0]
+
+    @cuda.jit(device=True, inline="always")
+    def sample_setup(offset, mask, n, ch, yo, xo, by, bx, H, W):
+        """The bilinear set-up of offset channel pair ``ch`` (``og * kH*kW + tap``) at output
+        pixel ``(yo, xo)``, whose undeformed input position is ``(by, bx)``.
+
+        Returns :func:`._bilinear.functions`' ``corners_zero_pad`` tuple followed by the
+        DCNv2 mask value (1 without a mask: multiplying by it is exact).
+        """
+        py = by + offset[n, 2 * ch, yo, xo]
+        px = bx + offset[n, 2 * ch + 1, yo, xo]
+        yl, xl, yh, xh, w1, w2, w3, w4, msk = corners_zero_pad(py, px, H, W)
+        mv = one
+        if mask.shape[0] != 0:
+            mv = mask[n, ch, yo, xo]
+        return yl, xl, yh, xh, w1, w2, w3, w4, msk, mv
+
+    return sample_setup
+
+
 def _build_direct(T):
     zero = T(0.0)
-    corners_zero_pad, _, gather = _bilinear_functions(T)
+    gather = _bilinear_functions(T)[2]
+    sample_setup = _sample_function(T)
 
     @cuda.jit(cache=True)
     def deform_conv2d_direct(x, offset, mask, w, b, out, sH, sW, pH, pW, dH, dW, groups, G):
@@ -143,16 +172,10 @@ def _build_direct(T):
                         for c in range(Cg):
                             if og != cur:
                                 cur = og
-                                ch = og * kk + t
-                                py = by + offset[n, 2 * ch, yo, xo]
-                                px = bx + offset[n, 2 * ch + 1, yo, xo]
-                                yl, xl, yh, xh, w1, w2, w3, w4, msk = corners_zero_pad(py, px, H, W)
-                                if mask.shape[0] != 0:
-                                    mv = mask[n, ch, yo, xo]
+                                yl, xl, yh, xh, w1, w2, w3, w4, msk, mv = sample_setup(
+                                    offset, mask, n, og * kk + t, yo, xo, by, bx, H, W)
                             val = gather(x, n, cbase + c, yl, xl, yh, xh, w1, w2, w3, w4, msk)
-                            if mask.shape[0] != 0:
-                                val = mv * val
-                            acc += w[k, c, i, j] * val
+                            acc += w[k, c, i, j] * (mv * val)
                             orem += 1
                             if orem == Cpg:
                                 orem = 0
@@ -175,7 +198,8 @@ def _build_gemm(T, tiles):
     BKP = BK + 1
     zero = T(0.0)
     mma_chunk, zero_acc, _, store_tile = _gemm_functions(T, tiles)
-    corners_zero_pad, _, gather = _bilinear_functions(T)
+    gather = _bilinear_functions(T)[2]
+    sample_setup = _sample_function(T)
 
     @cuda.jit(cache=True)
     def deform_conv2d_gemm(x, offset, mask, w, b, out, sH, sW, pH, pW, dH, dW, groups, G):
@@ -268,17 +292,13 @@ def _build_gemm(T, tiles):
                             cur_og = og
                             i = t // kW
                             j = t - i * kW
-                            ch = og * kk + t
-                            py = T(by0 + i * dH) + offset[n, 2 * ch, yb, xb]
-                            px = T(bx0 + j * dW) + offset[n, 2 * ch + 1, yb, xb]
                             # the high corners are yl + 1 and xl + 1 (zero padding); not
                             # keeping them across the loop saves 12 registers (174 -> 162)
-                            yl, xl, _, _, w1, w2, w3, w4, msk = corners_zero_pad(py, px, H, W)
-                            if mask.shape[0] != 0:
-                                mv = mask[n, ch, yb, xb]
-                        v = gather(x, n, cbase + c, yl, xl, yl + 1, xl + 1, w1, w2, w3, w4, msk)
-                        if mask.shape[0] != 0:
-                            v = mv * v
+                            yl, xl, _, _, w1, w2, w3, w4, msk, mv = sample_setup(
+                                offset, mask, n, og * kk + t, yb, xb, T(by0 + i * dH),
+                                T(bx0 + j * dW), H, W)
+                        v = mv * gather(x, n, cbase + c, yl, xl, yl + 1, xl + 1, w1, w2, w3,
+                                        w4, msk)
                     Bs[krb + row, pc] = v
                     c += 1
                     orem += 1
