@@ -48,6 +48,6 @@ def set_autotune(enabled: bool) -> bool:
     """
     if not isinstance(enabled, (bool, np.bool_)):
         raise TypeError(f"enabled must be a bool, got {type(enabled).__name__} {enabled!r}")
-    from .backends.cupy import autotune
+    from .backends import _tuning
 
-    return autotune.set_enabled(bool(enabled))
+    return _tuning.set_enabled(bool(enabled))

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import fastconv
+from fastconv.backends import _tuning
 from fastconv.backends.cupy import _module, autotune, conv, roi, variants
 
 
@@ -37,7 +38,7 @@ def tuner(monkeypatch):
     monkeypatch.setattr(_module, "time_ms", time_ms)
     monkeypatch.setattr(_module, "capturing", lambda: False)
     monkeypatch.setattr(autotune, "_choices", {})
-    monkeypatch.setattr(autotune, "_enabled", True)
+    monkeypatch.setattr(_tuning, "_enabled", True)
     return t
 
 
@@ -195,7 +196,7 @@ def test_arms_name_real_settings_and_start_with_the_shipped_defaults():
 
 
 def test_set_autotune_returns_the_previous_state_and_checks_its_argument(monkeypatch):
-    monkeypatch.setattr(autotune, "_enabled", False)
+    monkeypatch.setattr(_tuning, "_enabled", False)
     assert fastconv.set_autotune(True) is False and autotune.enabled()
     assert fastconv.set_autotune(np.bool_(False)) is True and not autotune.enabled()
     for bad in (1, "yes", None):

@@ -265,6 +265,7 @@ def test_host_overhead_counts_back_to_back_calls(monkeypatch):
 def test_gpu_path_records_what_autotuning_chose(monkeypatch, no_autotune):
     """The cupy runner's calls go through autotune.run (stand-in launches and clock): the
     record names each case's chosen arm, and the autotune state is restored afterwards."""
+    from fastconv.backends import _tuning
     from fastconv.backends.cupy import _module, autotune
 
     arms = {op: autotune._arms(op) for op in autotune.ARMS}
@@ -279,7 +280,7 @@ def test_gpu_path_records_what_autotuning_chose(monkeypatch, no_autotune):
     monkeypatch.setattr(_module, "time_ms", time_ms)
     monkeypatch.setattr(_module, "capturing", lambda: False)
     monkeypatch.setattr(autotune, "_choices", {})
-    monkeypatch.setattr(autotune, "_enabled", False)
+    monkeypatch.setattr(_tuning, "_enabled", False)
     # roi_pool's arms all plan alike here (a constant signature): chosen untimed
     env = _fake_gpu(monkeypatch, lambda case: autotune.run(
         case.op, (case.name,), launched.append,

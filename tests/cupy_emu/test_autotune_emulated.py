@@ -11,6 +11,7 @@ from cupy_emu import emulator
 
 import fastconv
 from fastconv import reference
+from fastconv.backends import _tuning
 from fastconv.backends.cupy import _module, autotune
 
 BACKEND = emulator.NAME
@@ -31,7 +32,7 @@ def prefer(monkeypatch):
 
     monkeypatch.setattr(_module, "time_ms", time_ms)
     monkeypatch.setattr(autotune, "_choices", {})
-    monkeypatch.setattr(autotune, "_enabled", True)
+    monkeypatch.setattr(_tuning, "_enabled", True)
     monkeypatch.setattr(autotune, "ROUNDS", 1)  # the emulator is slow; the clock is exact
 
     def set_fragment(fragment):
@@ -114,7 +115,7 @@ def test_arms_with_equal_signatures_plan_the_same_launches(monkeypatch, dtype):
         captured.update(launch=launch, signature=signature)
         launch(None)
 
-    monkeypatch.setattr(autotune, "_enabled", True)
+    monkeypatch.setattr(_tuning, "_enabled", True)
     monkeypatch.setattr(autotune, "run", capture)
     plans = []
     monkeypatch.setattr(_module, "run", lambda launches: plans.append(tuple(

@@ -28,11 +28,11 @@ This module holds the arms and the choices; the launchers pass an arm (a dict of
 
 from __future__ import annotations
 
-import math
+import sys
 import threading
-import warnings
 from types import MappingProxyType
 
+from .. import _tuning
 from . import _module
 
 _ROI = [{"ROI_BOX_GRID": False, "ROI_CB": None}, {"ROI_BOX_GRID": True, "ROI_CB": None},
@@ -65,25 +65,17 @@ MARGIN = 0.97
 #: the arm of a plain call: every setting from its module (read-only)
 NO_ARM = MappingProxyType({})
 
-_enabled = False
-_choices: dict = {}  # (op, device, key) -> {"arm", "label", "ms", "skipped"}
+_choices: dict = {}  # (op, device, key) -> {"arm", "label", "ms", "skipped", "same_as"}
 _lock = threading.Lock()
 
-
-def enabled() -> bool:
-    return _enabled
-
-
-def set_enabled(flag: bool) -> bool:
-    """Turn autotuning on or off; returns the previous state (see ``fastconv.set_autotune``)."""
-    global _enabled
-    previous, _enabled = _enabled, flag
-    return previous
+enabled = _tuning.enabled  # one switch for both GPU backends (fastconv.set_autotune)
+set_enabled = _tuning.set_enabled
+label = _tuning.label
 
 
-def label(arm: dict) -> str:
-    """``"SPLIT_K=None GEMM_VEC=True"``."""
-    return " ".join(f"{k}={v}" for k, v in arm.items())
+def clock():
+    """The tuner's clock (:mod:`.._tuning`): CuPy's device, stream-capture state and events."""
+    return _module
 
 
 def choices() -> list[dict]:
@@ -95,43 +87,21 @@ def choices() -> list[dict]:
     ``skipped`` (arms that failed, by label, with the error) and ``same_as`` (arms not timed
     because they plan the same launches as an earlier arm: label -> that arm's label).
     """
-    with _lock:
-        return [dict(op=op, device=dev, key=key, **entry)
-                for (op, dev, key), entry in _choices.items()]
+    return _tuning.choices(_self)
 
 
 def clear() -> None:
     """Forget every choice (the next call of each problem is tuned again)."""
-    with _lock:
-        _choices.clear()
+    _tuning.clear(_self)
 
 
 def run(op: str, key: tuple, launch, signature=None) -> None:
-    """Run one call of ``op``: ``launch(arm)`` enqueues its kernels with ``arm``'s settings
-    (``None``: the module settings).  With autotuning off this is ``launch(None)``.
-
-    ``key`` identifies the problem (shapes, parameters, dtype); the device is added here.
-    ``signature(arm)``, if given, is a hashable summary of what ``launch(arm)`` would enqueue
-    (kernel names, grids, scalar arguments), computed without allocating or launching: arms
-    whose signatures are equal run the same kernels, so only the first of them is timed
-    (e.g. split-K and the vector tiles change nothing for a depthwise conv2d), and a problem
-    with a single distinct arm is not timed at all.
-    """
-    if not _enabled:
-        launch(None)
-        return
-    full = (op, _module.device(), key)
-    entry = _choices.get(full)
-    if entry is not None:
-        launch(entry["arm"])
-        return
-    if _module.capturing():  # no synchronising inside a graph capture: tune another time
-        launch(None)
-        return
-    entry = _tune(op, launch, signature)
-    with _lock:
-        _choices[full] = entry
-    launch(entry["arm"])  # the output, from the chosen arm alone
+    """Run one call of ``op`` through :func:`.._tuning.run`: ``launch(arm)`` enqueues its
+    kernels with ``arm``'s settings (``None``: the module settings); ``key`` identifies the
+    problem and ``signature(arm)`` summarises what ``launch(arm)`` would enqueue, so arms that
+    plan alike are timed once (e.g. split-K and the vector tiles change nothing for a
+    depthwise conv2d)."""
+    _tuning.run(_self, op, key, launch, signature)
 
 
 def _arms(op: str) -> list[dict]:
@@ -143,54 +113,4 @@ def _arms(op: str) -> list[dict]:
     return [first] + [arm for arm in ARMS[op] if arm != first]
 
 
-def _distinct(arms: list[dict], signature) -> tuple[list[dict], dict]:
-    """``(arms, same_as)``: the arms with distinct signatures, in order, and for each arm
-    left out the label of the earlier arm it plans alike.  An arm whose signature cannot be
-    computed is kept (timing it will tell what is wrong, or raise as the call would)."""
-    if signature is None:
-        return arms, {}
-    kept, same_as, first = [], {}, {}
-    for arm in arms:
-        try:
-            sig = signature(arm)
-        except Exception:
-            kept.append(arm)
-            continue
-        if sig in first:
-            same_as[label(arm)] = label(first[sig])
-        else:
-            first[sig] = arm
-            kept.append(arm)
-    return kept, same_as
-
-
-def _tune(op: str, launch, signature=None) -> dict:
-    arms, same_as = _distinct(_arms(op), signature)
-    if len(arms) == 1:  # nothing to choose between: no timing, no synchronisation
-        return {"arm": arms[0], "label": label(arms[0]), "ms": {}, "skipped": {},
-                "same_as": same_as}
-    best = [math.inf] * len(arms)
-    skipped: dict = {}
-    for rnd in range(1 + ROUNDS):
-        for i, arm in enumerate(arms):
-            if label(arm) in skipped:
-                continue
-            try:
-                ms = _module.time_ms(lambda arm=arm: launch(arm))
-            except Exception as exc:
-                if i == 0:
-                    raise  # the call fails as it would without tuning
-                skipped[label(arm)] = f"{type(exc).__name__}: {exc}"
-                warnings.warn(f"fastconv autotune: {op} arm {label(arm)} skipped "
-                              f"({type(exc).__name__}: {exc})", RuntimeWarning, stacklevel=4)
-                continue
-            if rnd:
-                best[i] = min(best[i], ms)
-    chosen = 0
-    for i in range(1, len(arms)):
-        if best[i] < MARGIN * best[0] and best[i] < best[chosen]:
-            chosen = i
-    return {"arm": arms[chosen], "label": label(arms[chosen]),
-            "ms": {label(a): t for a, t in zip(arms, best, strict=True)
-                   if label(a) not in skipped},
-            "skipped": skipped, "same_as": same_as}
+_self = sys.modules[__name__]
