@@ -153,6 +153,22 @@ def test_gemms_run_two_blocks_per_sm(arch):
         assert blocks >= 2, f"{name} {arch}: {u['registers']} registers, {blocks} block per SM"
 
 
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_depthwise_runs_four_blocks_per_sm(arch):
+    """conv2d_depthwise (memory-bound) fits at least four 256-thread blocks per SM in either
+    dtype: at most 64 registers (48-53 with 32-bit tile arithmetic; conv2d_direct, which
+    depthwise convs ran before, takes 94-120 and fits two)."""
+    pytest.importorskip("cuda.bindings.nvjitlink")
+    from fastconv.backends.numba_cuda import _resources
+
+    cc = (int(arch[3:-1]), int(arch[-1]))
+    for dtype in ("float32", "float64"):
+        (ptx,) = [p for n, p in compiled_ptx("conv", dtype, cc) if n == "conv2d_depthwise"]
+        u = _resources.ptx_usage(ptx, arch)
+        blocks = 65536 // (u["registers"] * _resources.launch_threads("conv2d_depthwise"))
+        assert blocks >= 4, f"conv2d_depthwise {dtype} {arch}: {u['registers']} registers"
+
+
 def device_array_without_memory(shape, dtype=np.float32):
     """A DeviceNDArray over a stand-in pointer: enough for shapes and views, never for a launch."""
     from numba.cuda.cudadrv.devicearray import DeviceNDArray

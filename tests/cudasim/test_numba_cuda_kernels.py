@@ -89,6 +89,123 @@ def test_conv2d(cfg, dtype, path):
     assert rel_err(got, ref) <= TOL[dtype]
 
 
+# ----------------------------------------------------------------------------- conv2d: depthwise
+
+DEPTHWISE = [
+    # N, C, H, W, multiplier, (kH, kW), stride, padding (top, left), (bottom, right), dilation,
+    # bias, NaN in the input
+    (2, 3, 9, 11, 2, (3, 3), (2, 2), (1, 1), (1, 1), (1, 1), True, True),  # multiplier 2
+    (1, 2, 13, 10, 1, (3, 3), (1, 1), (2, 2), (2, 2), (2, 2), False, False),  # dilation 2
+    (1, 2, 12, 14, 3, (3, 2), (1, 2), (3, 0), (3, 3), (3, 3), True, False),  # dilation 3
+    (2, 2, 6, 5, 1, (1, 1), (1, 1), (0, 0), (0, 0), (1, 1), True, True),  # 1 x 1
+    (1, 3, 10, 9, 1, (5, 5), (1, 1), (2, 2), (2, 2), (1, 1), False, True),  # 5 x 5, "same"
+    (1, 2, 7, 9, 2, (2, 5), (2, 1), (1, 3), (0, 1), (1, 2), True, False),  # non-square, asym.
+    # padding (9 / 11) beyond the kernel extent: whole tiles and whole rows of tiles are padding
+    (1, 2, 3, 4, 1, (2, 2), (1, 1), (9, 11), (10, 12), (1, 1), True, False),
+    (3, 1, 8, 17, 4, (3, 1), (3, 2), (0, 2), (2, 0), (2, 1), False, True),  # N=3, C=1, K=4
+]
+
+
+def run_depthwise(cfg, dtype):
+    N, C, H, W, M, (kH, kW), s, p, p_hi, d, has_bias, nan = cfg
+    rng = np.random.default_rng([hash(cfg) % 2**32])
+    x = data(rng, (N, C, H, W), dtype, nan=nan)
+    w = data(rng, (C * M, 1, kH, kW), dtype)
+    b = data(rng, (C * M,), dtype) if has_bias else None
+    out_hw = (
+        conv_out(H, kH, s[0], p[0], p_hi[0], d[0]),
+        conv_out(W, kW, s[1], p[1], p_hi[1], d[1]),
+    )
+    got = call(backend.conv2d, x, w, b, stride=s, padding=p, dilation=d, groups=C, out_hw=out_hw)
+    # the oracle pads symmetrically: pad the input here (zeros, as the oracle's own padding)
+    xp = np.pad(x, ((0, 0), (0, 0), (p[0], p_hi[0]), (p[1], p_hi[1])))
+    ref = reference.conv2d(xp, w, b, stride=s, padding=0, dilation=d, groups=C)
+    return got, ref
+
+
+@pytest.fixture
+def launched(monkeypatch):
+    """The names of the kernels conv2d launches."""
+    from fastconv.backends.numba_cuda import conv
+
+    names = []
+    real = conv.launch
+
+    def spy(kernel, *args, **kwargs):
+        names.append(kernel.py_func.__name__)
+        return real(kernel, *args, **kwargs)
+
+    monkeypatch.setattr(conv, "launch", spy)
+    return names
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cfg", range(len(DEPTHWISE)))
+def test_conv2d_depthwise(cfg, dtype, path, launched):
+    """conv2d_depthwise whatever the GEMM thresholds (``path``): the tests' 8-thread blocks
+    make 4 x 8 output tiles, so every case runs several tiles through 2 grid-capped blocks."""
+    got, ref = run_depthwise(DEPTHWISE[cfg], dtype)
+    assert launched == ["conv2d_depthwise"]
+    assert got.dtype == dtype
+    assert rel_err(got, ref) <= TOL[dtype]
+
+
+def test_conv2d_depthwise_config_of_conv2d_runs_the_depthwise_kernel(path, launched):
+    """CONV2D's depthwise case (groups = C, one input channel each) goes to the new kernel."""
+    N, C, H, W, K, k, s, p, p_hi, d, g, has_bias = CONV2D[1]
+    assert g == C == K
+    test_conv2d(1, np.float64, path)
+    assert launched == ["conv2d_depthwise"]
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # 0 * inf
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_depthwise_nan_times_zero_and_inf_weights(dtype, launched):
+    """Every in-bounds input is multiplied, as by the oracle: a NaN under a zero weight still
+    gives NaN; padding is a zero that is multiplied too (0 * inf = NaN, as the oracle's
+    zero-padded input gives), never a skipped tap."""
+    rng = np.random.default_rng(9)
+    x = data(rng, (1, 2, 6, 7), dtype)
+    x[0, 0, 2, 3] = np.nan
+    w = data(rng, (2, 1, 3, 3), dtype)
+    w[0, 0, 1, 1] = 0.0  # the centre tap sees the NaN for output (2, 3) only
+    w[1, 0, 0, 0] = np.inf  # a padding tap for the top row and left column
+    conv_args = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=2, out_hw=(6, 7))
+    got = call(backend.conv2d, x, w, None, **conv_args)
+    ref = reference.conv2d(x, w, None, padding=1, groups=2)
+    assert launched == ["conv2d_depthwise"]
+    assert np.isnan(got[0, 0, 2, 3]) and np.isnan(ref[0, 0, 2, 3])
+    assert np.isnan(got[0, 1, 0, :]).all() and np.isnan(got[0, 1, :, 0]).all()
+    assert rel_err(got, ref) <= TOL[dtype]
+
+
+def test_conv2d_depthwise_falls_back_where_the_tile_does_not_fit(path, launched):
+    """A dilation of 100 makes the 8 x 4 output tile read a 708 x 204 input tile (over the 48
+    KiB of shared memory): the other kernels take it, with the same result."""
+    from fastconv.backends.numba_cuda import conv
+
+    assert conv.depthwise_geometry(3, 3, 1, 1, 100, 100, 8, 8) is None
+    got, ref = run_depthwise((1, 2, 205, 203, 1, (3, 3), (1, 1), (0, 1), (0, 1), (100, 100),
+                              True, True), np.float64)
+    assert launched and "conv2d_depthwise" not in launched
+    assert rel_err(got, ref) <= TOL[np.float64]
+
+
+def test_depthwise_geometry():
+    """The production block (256 threads) is a 32 x 8 thread grid computing a 32 x 32 tile;
+    the shared memory is the input tile with its halo; a tile over 48 KiB gives None."""
+    from fastconv.backends.numba_cuda import conv
+
+    assert conv.depthwise_block(256) == (32, 8)
+    assert conv.depthwise_block(8) == (4, 2)  # the tests' blocks: two thread rows
+    assert conv.depthwise_block(1) == (1, 1)
+    assert conv.depthwise_geometry(3, 3, 1, 1, 1, 1, 4, 256) == (32, 8, 34 * 34 * 4)
+    assert conv.depthwise_geometry(3, 3, 2, 2, 1, 1, 8, 256) == (32, 8, 65 * 65 * 8)
+    assert conv.depthwise_geometry(5, 3, 1, 2, 3, 1, 4, 8) == (4, 2, 20 * 9 * 4)
+    assert conv.depthwise_geometry(3, 3, 1, 1, 36, 36, 4, 256) == (32, 8, 104 * 104 * 4)
+    assert conv.depthwise_geometry(3, 3, 1, 1, 36, 36, 8, 256) is None
+
+
 # ----------------------------------------------------------------------------- conv_transpose2d
 
 CONVT = [

@@ -8,8 +8,9 @@ Everything that decides *how* a kernel is launched lives here, in one place:
 * :func:`current_stream` -- the stream every kernel is launched on: CuPy's current stream
   (through ``cuda.external_stream``) when CuPy is already imported, else numba's default
   stream.
-* :func:`launch` -- configures a kernel once per (grid, block, stream) and calls it, so the
-  per-call host cost is a dict lookup plus numba's argument marshalling.
+* :func:`launch` -- configures a kernel once per (grid, block, stream, dynamic shared
+  memory) and calls it, so the per-call host cost is a dict lookup plus numba's argument
+  marshalling.
 
 This module imports ``numba.cuda``; it is only imported when the backend is used.
 """
@@ -189,20 +190,24 @@ def cai_stream_matches(stream_ptr) -> bool:
 _configured: dict = {}
 
 
-def launch(kernel, grid, block, stream_key, stream, *args) -> None:
-    """Launch ``kernel[grid, block, stream](*args)``, configuring it once per geometry."""
+def launch(kernel, grid, block, stream_key, stream, *args, shared: int = 0) -> None:
+    """Launch ``kernel[grid, block, stream, shared](*args)``, configuring it once per geometry.
+
+    ``shared`` is the dynamic shared memory in bytes (``cuda.shared.array(0, T)`` in the
+    kernel); it is part of the geometry a configured launch is cached under.
+    """
     if SIMULATOR:  # the simulator's kernel[...] mutates and returns the kernel itself
         if any(a is None for a in args):  # the simulator passes None; a real GPU cannot
             raise TypeError(f"{kernel}: None argument; pass an array (see absent())")
-        kernel[grid, block, stream](*args)
+        kernel[grid, block, stream, shared](*args)  # (4 items: also resets a stale size)
         return
-    key = (kernel, grid, block, stream_key)
+    key = (kernel, grid, block, stream_key, shared)
     cfg = _configured.get(key)
     if cfg is None:
         with warnings.catch_warnings():
             # small grids are a property of the input, not a mistake: no NumbaPerformanceWarning
             warnings.simplefilter("ignore")
-            cfg = kernel[grid, block, stream]
+            cfg = kernel[grid, block, stream, shared]
         if len(_configured) > 4096:
             _configured.clear()
         _configured[key] = cfg

@@ -71,6 +71,11 @@ def launch_threads(name: str) -> int:
     for tiles in (settings.tiles_wide, settings.tiles_narrow):
         if name.endswith(f"gemm{tiles.BM}"):
             return tiles.threads
+    if name == "conv2d_depthwise":  # TW x TR threads, at most settings.block
+        from .conv import depthwise_block
+
+        TW, TR = depthwise_block(settings.block)
+        return TW * TR
     if name == "roi_count_bad_boxes":
         from .roi import CHECK_BLOCK
 

@@ -1,15 +1,29 @@
 """conv2d and conv_transpose2d as numba.cuda kernels.
 
-Two kernels per op:
+Kernels:
 
+* ``conv2d_depthwise`` -- depthwise conv2d (one input channel per group, any channel
+  multiplier): one ``TW x TH`` output tile of one (image, output channel) plane per work
+  item (32 x 32 with 256-thread blocks: 32 columns x 8 thread rows, 4 output rows per
+  thread).  The input tile it reads, halo included, is staged in dynamic shared memory by
+  coalesced loads, so each input element is loaded once per tile instead of ``kH*kW``
+  times, and each weight load serves a thread's 4 rows; 48 registers (float32, sm_90)
+  against conv2d_direct's 94.  1-D grid, grid-stride.
 * ``*_gemm`` -- implicit GEMM (see :mod:`._gemm`) for groups with many output channels:
   ``BM`` output channels x ``BN`` output pixels per block, weights and gathered input staged
   in shared memory, a ``TM x TN`` register tile per thread.  1-D grid, grid-stride, over
   the (pixel tile, channel tile, image x group [x output phase]) tiles.
-* ``*_direct`` -- one thread per output element (depthwise and few channels per group):
-  grid x over the output pixels of a plane (consecutive threads -> consecutive output x),
-  grid y over the (image, output channel) planes, both grid-stride; the weights a block
-  reads are the same for all its threads (broadcast).
+* ``*_direct`` -- one thread per output element (few channels per group, and depthwise
+  convs whose input tile would not fit in shared memory): grid x over the output pixels of
+  a plane (consecutive threads -> consecutive output x), grid y over the (image, output
+  channel) planes, both grid-stride; the weights a block reads are the same for all its
+  threads (broadcast).
+
+conv2d's dispatch: input channels per group ``Cg == 1`` -> ``conv2d_depthwise`` where its
+input tile fits in :data:`DW_SMEM_BUDGET` (:func:`depthwise_geometry`) and the work items
+number fewer than 2**31; else (and for ``Cg > 1``) ``conv2d_gemm`` where
+:func:`._launch.choose_tiles` finds enough output channels and reduction per group, else
+``conv2d_direct``.  conv_transpose2d: ``conv_transpose2d_gemm`` or ``_direct`` likewise.
 
 conv_transpose2d never visits taps that do not land on an output pixel: an output row
 ``y`` only receives taps ``i`` with ``i*dH = y + pH (mod sH)``, an arithmetic progression
@@ -19,8 +33,10 @@ phases ``(y + pH) mod sH``, in each of which it is a dense correlation over thos
 
 from __future__ import annotations
 
+import functools
 import math
 
+import numba
 import numpy as np
 from numba import cuda
 
@@ -42,6 +58,7 @@ from ._launch import (
 )
 
 _direct_cache: dict = {}
+_depthwise_cache: dict = {}
 _gemm_cache: dict = {}
 
 
@@ -60,6 +77,16 @@ def conv2d(x, weight, bias, *, stride, padding, dilation, groups, out_hw):
     bias = absent(bias, x.dtype, 1)
     args = (x, weight, bias, out, *stride, *padding, *dilation, groups)
     skey, stream = current_stream()
+    if Cg == 1:
+        dw = depthwise_geometry(kH, kW, *stride, *dilation, x.dtype.itemsize, settings.block)
+        if dw is not None:
+            TW, TR, smem = dw
+            items = N * K * cdiv(Ho, TR * DW_ROWS) * cdiv(Wo, TW)
+            if items <= _I32_MAX:  # the kernel splits work items with 32-bit divisions
+                grid = (max(1, min(items, settings.max_grid[0])),)
+                launch(_depthwise_kernel(T, TW, TR), grid, TW * TR, skey, stream,
+                       *args[:-1], shared=smem)
+                return out
     Kg = K // groups
     tiles = choose_tiles(Kg, Cg * kH * kW, Ho * Wo, N * groups)
     if tiles is not None:
@@ -107,6 +134,55 @@ def conv_transpose2d(x, weight, bias, *, stride, padding, dilation, groups, out_
     return out
 
 
+#: output rows per thread of conv2d_depthwise: its accumulators are registers, and each
+#: weight it loads serves this many outputs (ptxas, sm_90: 48 registers with 2 or 4 rows,
+#: 58 (float32) / 72 (float64) with 8)
+DW_ROWS = 4
+#: input elements each thread of conv2d_depthwise loads before it stores them to shared
+#: memory (4 loads in flight per thread: 32x32 tiles with a 3x3 halo take two passes; no
+#: register more than loading one at a time, 48 on sm_90)
+DW_LOADS = 4
+#: the most dynamic shared memory conv2d_depthwise asks for: the default per-block limit
+#: (more needs an opt-in attribute per kernel); a larger input tile goes to the other kernels
+DW_SMEM_BUDGET = 48 * 1024
+_I32_MAX = 2**31 - 1
+
+
+def depthwise_block(block):
+    """``(TW, TR)``: conv2d_depthwise's block shape for at most ``block`` threads."""
+    TW = min(32, max(1, block // 2))
+    return TW, max(1, block // TW)
+
+
+@functools.lru_cache(maxsize=1024)
+def depthwise_geometry(kH, kW, sH, sW, dH, dW, itemsize, block):
+    """``(TW, TR, shared bytes)`` of a conv2d_depthwise launch with at most ``block``
+    threads, or None where its input tile would not fit in :data:`DW_SMEM_BUDGET`.
+
+    A block is ``TW`` (output columns) x ``TR`` (thread rows) threads, each computing
+    :data:`DW_ROWS` consecutive output rows of one column: a ``TW x TH`` output tile with
+    ``TH = TR * DW_ROWS`` (32 x 32 for 256 threads: a warp is one row of 32 outputs, so its
+    loads and stores are coalesced).  ``TW`` shrinks with the tests' tiny blocks so that they
+    still have two thread rows.  The shared memory holds the input tile the output tile
+    reads, its halo included: ``((TH-1)*sH + (kH-1)*dH + 1) x ((TW-1)*sW + (kW-1)*dW + 1)``.
+    """
+    TW, TR = depthwise_block(block)
+    IH = (TR * DW_ROWS - 1) * sH + (kH - 1) * dH + 1
+    IW = (TW - 1) * sW + (kW - 1) * dW + 1
+    smem = IH * IW * itemsize
+    if smem > DW_SMEM_BUDGET:
+        return None
+    return TW, TR, smem
+
+
+def _depthwise_kernel(T, TW, TR):
+    key = (T, TW, TR)
+    k = _depthwise_cache.get(key)
+    if k is None:
+        k = _depthwise_cache[key] = _build_depthwise(T, TW, TR)
+    return k
+
+
 def _direct_kernels(T):
     ks = _direct_cache.get(T)
     if ks is None:
@@ -140,6 +216,7 @@ def ptx_cases(T):
             (f"conv_transpose2d_gemm{tiles.BM}", g[1], conv + (i, i)),
         ]
     cases += [
+        ("conv2d_depthwise", _depthwise_kernel(T, *depthwise_block(settings.block)), conv[:-1]),
         ("conv2d_direct", d[0], conv),
         ("conv_transpose2d_direct", d[1], conv + (i, i)),
     ]
@@ -239,6 +316,131 @@ def _build_direct(T):
                 out[n, k, yo, xo] = acc
 
     return conv2d_direct, conv_transpose2d_direct
+
+
+def _build_depthwise(T, TW, TR):
+    zero = T(0.0)
+    ROWS = DW_ROWS
+    LOADS = DW_LOADS
+    NT = TW * TR
+    TH = TR * ROWS
+    i32 = numba.int32
+    u32 = numba.uint32
+    u64 = numba.uint64
+    i64 = numba.int64
+    ST = numba.from_dtype(np.dtype(T))  # (the simulator sizes a dynamic array by its type)
+
+    @cuda.jit(cache=True)
+    def conv2d_depthwise(x, w, b, out, sH, sW, pH, pW, dH, dW):
+        """Depthwise (one input channel per group, channel multiplier ``M = K // C``):
+        1-D grid-stride over work items, each one ``TW x TH`` output tile of one (n, k)
+        plane (tiles of a plane consecutive: neighbours share their halo in L2).
+
+        A shared-memory input tile rather than register reuse along a row: it serves any
+        stride and dilation alike (a register window would need them at compile time); each
+        input element is loaded from global memory once per tile, in coalesced rows, instead
+        of ``kH*kW`` times; and each thread's ``ROWS`` accumulators reuse one weight load.
+        Padding is stored as zeros and multiplied like the oracle's zero-padded input, so
+        every in-bounds input, NaN included, meets its weight.
+
+        Registers: integer division of int64 costs ptxas ~24 registers, so the work item is
+        split with 32-bit divisions (the launcher sends at most 2**31 - 1 items here) and the
+        tile offsets, bounded by the tile that fits in shared memory, are int32; global
+        indices stay 64-bit (``u64`` also spares numba's negative-index wraparound code).
+        """
+        sm = cuda.shared.array(0, ST)  # the [IHe, IWe] input tile (dynamic size)
+        H = x.shape[2]
+        W = x.shape[3]
+        K = w.shape[0]
+        kH = i32(w.shape[2])
+        kW = i32(w.shape[3])
+        Ho = out.shape[2]
+        Wo = out.shape[3]
+        M = u32(K) // u32(x.shape[1])
+        # stride / dilation inside the tile (bounded by its size; the 64-bit ones place it)
+        sH32 = i32(sH)
+        sW32 = i32(sW)
+        dH32 = i32(dH)
+        dW32 = i32(dW)
+        tid = i32(cuda.threadIdx.x)
+        tx = i32(tid % TW)
+        r0 = i32((tid // TW) * ROWS)  # this thread's first row in the tile
+        tiles_x = (Wo + TW - 1) // TW
+        tiles_y = (Ho + TH - 1) // TH
+        n_items = out.shape[0] * K * tiles_y * tiles_x
+        acc = cuda.local.array(ROWS, T)
+        vals = cuda.local.array(LOADS, T)
+        item = i64(cuda.blockIdx.x)
+        while item < n_items:
+            t = i64(u32(item) // u32(tiles_x))
+            ox0 = (item - t * tiles_x) * TW
+            plane = i64(u32(t) // u32(tiles_y))
+            oy0 = (t - plane * tiles_y) * TH
+            n = i64(u32(plane) // u32(K))
+            k = plane - n * K
+            c = i64(u32(k) // M)
+            # the part of the tile inside the output, and the input it reads (row pitch IWe)
+            th = i32(min(TH, Ho - oy0))
+            tw = i32(min(TW, Wo - ox0))
+            IHe = i32((th - 1) * sH32 + (kH - 1) * dH32 + 1)
+            IWe = i32((tw - 1) * sW32 + (kW - 1) * dW32 + 1)
+            iy0 = oy0 * sH - pH
+            ix0 = ox0 * sW - pW
+            cuda.syncthreads()  # the previous item's tile is read by now
+            # a flat walk of the tile, NT consecutive elements at a time (coalesced rows);
+            # (ly, lx) advance with a carry instead of a division per element
+            dly = i32(u32(NT) // u32(IWe))
+            dlx = i32(NT - dly * IWe)
+            ly = i32(u32(tid) // u32(IWe))
+            lx = i32(tid - ly * IWe)
+            n_el = i32(IHe * IWe)
+            e = tid
+            while e < n_el:
+                # LOADS elements per pass, NT apart: their loads are all in flight before the
+                # first store (one at a time, each element would wait a whole memory latency)
+                for u in range(LOADS):
+                    iy = iy0 + ly
+                    ix = ix0 + lx
+                    v = zero
+                    if e + u * NT < n_el and iy >= 0 and iy < H and ix >= 0 and ix < W:
+                        v = x[u64(n), u64(c), u64(iy), u64(ix)]
+                    vals[u] = v
+                    ly = i32(ly + dly)
+                    lx = i32(lx + dlx)
+                    if lx >= IWe:
+                        lx = i32(lx - IWe)
+                        ly = i32(ly + 1)
+                for u in range(LOADS):
+                    if e + u * NT < n_el:
+                        sm[u32(e + u * NT)] = vals[u]
+                e = i32(e + LOADS * NT)
+            cuda.syncthreads()
+            if r0 < th:  # else all of this thread row is past the output (whole warps idle)
+                # columns tx >= tw read the tile's next row (inside the allocation) and
+                # store nothing: no branch in the tap loop
+                for r in range(ROWS):
+                    acc[r] = zero
+                a = i32(r0 * sH32 * IWe + tx * sW32)
+                rstep = i32(sH32 * IWe)
+                dstep = i32(dH32 * IWe)
+                for i in range(kH):
+                    aj = a
+                    for j in range(kW):
+                        wv = w[u64(k), 0, u64(i), u64(j)]  # the same for the block: broadcast
+                        for r in range(ROWS):
+                            acc[r] += sm[u32(aj + r * rstep)] * wv
+                        aj = i32(aj + dW32)
+                    a = i32(a + dstep)
+                bv = zero
+                if b.shape[0] != 0:
+                    bv = b[u64(k)]
+                if tx < tw:
+                    for r in range(ROWS):
+                        if r0 + r < th:
+                            out[u64(n), u64(k), u64(oy0 + r0 + r), u64(ox0 + tx)] = acc[r] + bv
+            item += cuda.gridDim.x
+
+    return conv2d_depthwise
 
 
 def _build_gemm(T, tiles):
