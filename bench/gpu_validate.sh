@@ -160,7 +160,7 @@ def bench_cases():
                                         if k in s}
                                     for b, s in e.get("fastconv", {}).items()}}
     return {"ceiling": gpu.get("ceiling"), "versions": gpu.get("versions"),
-            "cupy_autotune": gpu.get("autotune"), "host_overhead": gpu.get("host_overhead"),
+            "autotune": gpu.get("autotune"), "host_overhead": gpu.get("host_overhead"),
             "cases": cases}
 
 def json_file(name):

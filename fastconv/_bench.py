@@ -1144,8 +1144,10 @@ def run_gpu(cases, backends, args, progress, peer_status, result, env: GpuEnv | 
         "cases": {},
     }
     result["gpu"] = section
-    # cupy autotunes per case as cuDNN does with cudnn.benchmark = True; warm-up calls tune
-    autotuned = "cupy" in backends and not getattr(args, "no_autotune", False)
+    # the GPU backends autotune per case as cuDNN does with cudnn.benchmark = True; warm-up
+    # calls tune
+    autotuned = bool(set(backends) & set(TUNED_BACKENDS)) and not getattr(args, "no_autotune",
+                                                                          False)
     section["autotune"] = autotuned
     previous = set_autotune(autotuned)
     try:
@@ -1210,9 +1212,9 @@ def run_host_overhead(cases, backends, args, peer_status) -> dict:
 
 def _run_gpu_case(case, backends, args, progress, peer_status, env, ceiling, section) -> bool:
     """Time one case on the GPU into ``section["cases"]``; False on an error or mismatch."""
-    from .backends.cupy import autotune
-
-    tuned_before = len(autotune.choices())
+    tuners = {b: importlib.import_module(f"fastconv.backends.{b}.autotune")
+              for b in TUNED_BACKENDS if b in backends}
+    tuned_before = {b: len(t.choices()) for b, t in tuners.items()}
     with progress.step(f"gpu: {case.name}"):
         inputs = case.inputs(args.size, args.seed)
         cost = case.cost(args.size)
@@ -1245,13 +1247,17 @@ def _run_gpu_case(case, backends, args, progress, peer_status, env, ceiling, sec
                 s["host_us_target"] = HOST_OVERHEAD_TARGET_US[b]
         if peer is None:
             entry["peer_missing"] = why
-        tuned = autotune.choices()[tuned_before:]
-        if tuned and "cupy" in entry["fastconv"]:
-            entry["fastconv"]["cupy"]["autotune"] = [
-                {k: t[k] for k in ("label", "ms", "skipped", "same_as")} for t in tuned]
+        for b, tuner in tuners.items():
+            tuned = tuner.choices()[tuned_before[b]:]
+            if tuned and b in entry["fastconv"]:
+                entry["fastconv"][b]["autotune"] = [
+                    {k: t[k] for k in ("label", "ms", "skipped", "same_as")} for t in tuned]
         section["cases"][case.name] = entry
     return case_ok
 
+
+#: the backends that ``fastconv.set_autotune`` tunes (each has an ``autotune`` module)
+TUNED_BACKENDS = ("cupy", "numba_cuda")
 
 _NO_CEILING = {"peak_gflops": math.nan, "copy_gbs": math.nan}
 
@@ -1268,10 +1274,10 @@ def first_call_cases(cases) -> list:
 
 def run_first_call(cases, backends, args, progress, result):
     out = {}
-    # the cupy backend's first call as the GPU timings ran it: tuning included
+    # the GPU backends' first call as the GPU timings ran it: tuning included
     autotune = not getattr(args, "no_autotune", False)
     result["first_call"] = {"target_warm_s": FIRST_CALL_TARGET_S, "cases": out,
-                            "cupy_autotune": autotune}
+                            "autotune": autotune}
     for case in first_call_cases(cases):
         for b in backends:
             if b == "reference":
@@ -1279,7 +1285,7 @@ def run_first_call(cases, backends, args, progress, result):
             entry = {}
             for kind in ("warm", "cold"):
                 with progress.step(f"first call ({kind}): {case.name} {b}"):
-                    tune = autotune and b == "cupy"
+                    tune = autotune and b in TUNED_BACKENDS
                     if kind == "warm":  # a first process makes sure the on-disk cache is filled
                         entry["prime"] = first_call(case, b, args.size, args.seed,
                                                     check_boxes=not args.skip_box_checks,
@@ -1550,23 +1556,25 @@ def _host_overhead_lines(section, markdown) -> list:
 
 
 def _autotune_lines(gpu: dict) -> list:
-    """What the cupy backend's autotuning chose per case (``--no-autotune``: one line)."""
+    """What the GPU backends' autotuning chose per case (``--no-autotune``: one line)."""
     if "autotune" not in gpu:
         return []
     if not gpu["autotune"]:
-        return ["cupy: default kernel paths (--no-autotune)"]
-    lines = ["cupy autotuned per case (fastconv.set_autotune), the arm chosen and its "
-             "speed-up over the default paths:"]
+        return ["GPU backends: default kernel paths (--no-autotune)"]
+    lines = ["autotuned per case (fastconv.set_autotune), the arm chosen and its speed-up "
+             "over the default paths:"]
     for name, e in gpu["cases"].items():
-        for t in e["fastconv"].get("cupy", {}).get("autotune", []):
-            ms = t["ms"]
-            if not ms:
-                lines.append(f"  {name}: {t['label']} (the one distinct plan, not timed)")
-                continue
-            first = next(iter(ms.values()))
-            mine = ms.get(t["label"], math.nan)
-            lines.append(f"  {name}: {t['label']} (x{first / mine:.2f}, {len(ms)} plans timed)"
-                         + (f"; skipped {', '.join(t['skipped'])}" if t["skipped"] else ""))
+        for b in TUNED_BACKENDS:
+            for t in e["fastconv"].get(b, {}).get("autotune", []):
+                ms = t["ms"]
+                if not ms:
+                    lines.append(f"  {name} {b}: {t['label']} (the one distinct plan, not timed)")
+                    continue
+                first = next(iter(ms.values()))
+                mine = ms.get(t["label"], math.nan)
+                lines.append(f"  {name} {b}: {t['label']} (x{first / mine:.2f}, {len(ms)} plans "
+                             "timed)" + (f"; skipped {', '.join(t['skipped'])}"
+                                         if t["skipped"] else ""))
     return lines
 
 
@@ -1738,9 +1746,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--oracle-size", choices=_cases.SIZES, default=None,
                         help="case size for --oracle (default: --size)")
     parser.add_argument("--no-autotune", action="store_true",
-                        help="GPU: run the cupy backend on its default kernel paths instead of "
-                             "autotuning them per case (fastconv.set_autotune; the peer has "
-                             "cudnn.benchmark = True either way)")
+                        help="GPU: run the cupy and numba_cuda backends on their default kernel "
+                             "paths instead of autotuning them per case (fastconv.set_autotune; "
+                             "the peer has cudnn.benchmark = True either way)")
     parser.add_argument("--skip-box-checks", action="store_true",
                         help="call roi_align/roi_pool with check_boxes=False")
     parser.add_argument("--quick", action="store_true",

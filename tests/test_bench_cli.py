@@ -304,12 +304,12 @@ def test_gpu_path_records_what_autotuning_chose(monkeypatch, no_autotune):
     assert tuned["label"] == fast["conv2d"] and tuned["skipped"] == tuned["same_as"] == {}
     assert tuned["ms"][fast["conv2d"]] == 0.5
     n = len(arms["conv2d"])
-    assert f"dilated_small: {fast['conv2d']} (x2.00, {n} plans timed)" in text
+    assert f"dilated_small cupy: {fast['conv2d']} (x2.00, {n} plans timed)" in text
     (tuned,) = gpu["cases"]["roi_pool_fpn"]["fastconv"]["cupy"]["autotune"]
     default = autotune.label(arms["roi_pool"][0])
     assert tuned["label"] == default and tuned["ms"] == {}
     assert len(tuned["same_as"]) == len(arms["roi_pool"]) - 1
-    assert f"roi_pool_fpn: {default} (the one distinct plan, not timed)" in text
+    assert f"roi_pool_fpn cupy: {default} (the one distinct plan, not timed)" in text
     json.dumps(_bench._jsonable(result))
 
 

@@ -71,12 +71,19 @@ def test_float16_vs_oracle(op):
 # ----------------------------------------------------------------------------- autotune
 
 
+@pytest.mark.parametrize("backend", ["cupy", "numba_cuda"])
 @pytest.mark.parametrize("op", _random_cases.OPS)
-def test_autotuned_calls_vs_oracle(op):
+def test_autotuned_calls_vs_oracle(op, backend):
     """With fastconv.set_autotune(True) every problem is tuned on its first call (all arms
     run on the GPU) and its result, from the arm chosen, matches the oracle."""
-    from fastconv.backends.cupy import autotune
+    import importlib
 
+    ok, why = _dispatch.backend_status(backend)
+    if not ok:
+        pytest.skip(why)
+    autotune = importlib.import_module(f"fastconv.backends.{backend}.autotune")
+    if op not in autotune.ARMS:
+        pytest.skip(f"{backend} has no arms for {op}")
     rng, pick = _rng_pick(4321)
     dtype = np.dtype(np.float32)
     tol = _random_cases.TOLERANCE[dtype]
@@ -85,7 +92,7 @@ def test_autotuned_calls_vs_oracle(op):
         before = len(autotune.choices())
         for _ in range(max(N_CASES // 4, 5)):
             case = _random_cases.GENERATORS[op](pick, rng, dtype)
-            err, out, ref = _random_cases.run_case(case, "cupy")
+            err, out, ref = _random_cases.run_case(case, backend)
             assert err <= tol, f"autotuned: relative error {err:.3g} > {tol} for {case.describe()}"
         tuned = autotune.choices()[before:]
         assert tuned and {t["op"] for t in tuned} == {op}

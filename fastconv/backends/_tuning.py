@@ -42,6 +42,12 @@ def label(arm: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in arm.items())
 
 
+def box_bucket(k: int) -> int:
+    """A box count as the RoI ops' problem keys hold it: rounded up to a power of two, since
+    a detector passes a different count with every image."""
+    return 1 << max(k - 1, 0).bit_length()
+
+
 def choices(tuner) -> list[dict]:
     """The problems ``tuner`` has tuned, in order (see the backends' ``choices``)."""
     with tuner._lock:

@@ -17,6 +17,7 @@ import functools
 
 import numpy as np
 
+from .. import _tuning
 from . import _module, autotune
 from ._module import CTYPES, expr
 from .conv import BLOCK, _grid
@@ -103,19 +104,13 @@ def _roi_config(kernel, xshape, oshape, dchar, max_blocks, cb, box_grid, spatial
     return name, _grid(-(-K * per_box // BLOCK), max_blocks), scalars
 
 
-def _box_bucket(k: int) -> int:
-    """The box count as autotuning keys it: rounded up to a power of two, since a detector
-    passes a different count with every image."""
-    return 1 << max(k - 1, 0).bit_length()
-
-
 def roi_align(x, rois, *, output_size, spatial_scale, sampling_ratio, aligned):
     cp = _module.cupy()
     out = cp.empty((rois.shape[0], x.shape[1], output_size[0], output_size[1]), dtype=x.dtype)
     if out.size:
         args = (x, rois, out, spatial_scale, sampling_ratio, aligned, _module.max_blocks())
         if autotune.enabled():
-            autotune.run("roi_align", (x.shape, _box_bucket(rois.shape[0]), output_size,
+            autotune.run("roi_align", (x.shape, _tuning.box_bucket(rois.shape[0]), output_size,
                                        sampling_ratio, bool(aligned), x.dtype.char),
                          lambda arm: _module.run(plan_roi_align(*args, arm)),
                          lambda arm: roi_align_config(*args, arm))
@@ -130,7 +125,7 @@ def roi_pool(x, rois, *, output_size, spatial_scale):
     if out.size:
         args = (x, rois, out, spatial_scale, _module.max_blocks())
         if autotune.enabled():
-            autotune.run("roi_pool", (x.shape, _box_bucket(rois.shape[0]), output_size,
+            autotune.run("roi_pool", (x.shape, _tuning.box_bucket(rois.shape[0]), output_size,
                                       x.dtype.char),
                          lambda arm: _module.run(plan_roi_pool(*args, arm)),
                          lambda arm: roi_pool_config(*args, arm))

@@ -231,6 +231,28 @@ def choose_tiles(channels_per_group: int, reduction: int, n_pixels: int, n_z: in
     return s.tiles_narrow
 
 
+#: a forced GEMM tile (autotuning's "narrow"/"wide" arms) is used only where at least this
+#: share of its rows hold output channels; elsewhere the arm falls back to the rules
+FORCED_TILE_MIN_FILL = 1 / 3
+
+
+def path_tiles(path, channels_per_group: int, reduction: int, n_pixels: int, n_z: int):
+    """``(tiles, rules)`` for a kernel path of autotuning's arms (see :mod:`.autotune`):
+    the GEMM tiles or None (the direct kernel), and whether that is the rules' choice
+    (:func:`choose_tiles`), which an arm falls back to where its path does not suit.
+
+    ``path`` is None (the rules), ``"direct"``, ``"narrow"`` or ``"wide"``; any other
+    value (``"depthwise"``, handled by conv2d's launcher before this) means the rules.
+    """
+    if path == "direct":
+        return None, False
+    if path in ("narrow", "wide") and reduction >= 1:
+        t = settings.tiles_narrow if path == "narrow" else settings.tiles_wide
+        if channels_per_group >= FORCED_TILE_MIN_FILL * t.BM:
+            return t, False
+    return choose_tiles(channels_per_group, reduction, n_pixels, n_z), True
+
+
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 

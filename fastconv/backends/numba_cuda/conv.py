@@ -40,19 +40,20 @@ import numba
 import numpy as np
 from numba import cuda
 
+from . import autotune
 from ._gemm import advance, split_row, tile_coords
 from ._gemm import functions as _gemm_functions
 from ._launch import (
     SIMULATOR,
     absent,
     cdiv,
-    choose_tiles,
     current_stream,
     empty,
     grid_2d,
     grid_tiles,
     launch,
     numba_arg_types,
+    path_tiles,
     settings,
     weight_rows,
 )
@@ -74,33 +75,35 @@ def conv2d(x, weight, bias, *, stride, padding, dilation, groups, out_hw):
     if out.size == 0:
         return out
     T = x.dtype.type
+    has_bias = bias is not None
     bias = absent(bias, x.dtype, 1)
-    args = (x, weight, bias, out, *stride, *padding, *dilation, groups)
-    skey, stream = current_stream()
-    if Cg == 1:
-        dw = depthwise_geometry(kH, kW, *stride, *dilation, x.dtype.itemsize, settings.block)
-        if dw is not None:
-            TW, TR, smem = dw
-            items = N * K * cdiv(Ho, TR * DW_ROWS) * cdiv(Wo, TW)
-            if items <= _I32_MAX:  # the kernel splits work items with 32-bit divisions
-                grid = (max(1, min(items, settings.max_grid[0])),)
-                launch(_depthwise_kernel(T, TW, TR), grid, TW * TR, skey, stream,
-                       *args[:-1], shared=smem)
-                return out
     Kg = K // groups
-    tiles = choose_tiles(Kg, Cg * kH * kW, Ho * Wo, N * groups)
-    if tiles is not None:
-        # the weight viewed as (K, Cg*kH*kW) rows: the GEMM's A loader then indexes by
-        # reduction row, with no (c, i, j) counter (6 registers fewer: 132 -> 126, which
-        # lets two blocks share an SM)
-        rows = weight_rows(weight)
-        grid = grid_tiles(tiles, Ho * Wo, Kg, N * groups)
-        launch(_gemm_kernels(T, tiles)[0], grid, tiles.threads, skey, stream,
-               x, rows, bias, out, kH, kW, *stride, *padding, *dilation, groups)
-    else:
+
+    def plan(arm):  # (kernel, grid, block, dynamic shared memory, args) of arm's path
+        tiles, rules = path_tiles(arm and arm["PATH"], Kg, Cg * kH * kW, Ho * Wo, N * groups)
+        if Cg == 1 and rules:
+            dw = depthwise_geometry(kH, kW, *stride, *dilation, x.dtype.itemsize, settings.block)
+            if dw is not None:
+                TW, TR, smem = dw
+                items = N * K * cdiv(Ho, TR * DW_ROWS) * cdiv(Wo, TW)
+                if items <= _I32_MAX:  # the kernel splits work items with 32-bit divisions
+                    grid = (max(1, min(items, settings.max_grid[0])),)
+                    return (_depthwise_kernel(T, TW, TR), grid, TW * TR, smem,
+                            (x, weight, bias, out, *stride, *padding, *dilation))
+        if tiles is not None:
+            # the weight viewed as (K, Cg*kH*kW) rows: the GEMM's A loader then indexes by
+            # reduction row, with no (c, i, j) counter (6 registers fewer: 132 -> 126, which
+            # lets two blocks share an SM)
+            return (_gemm_kernels(T, tiles)[0], grid_tiles(tiles, Ho * Wo, Kg, N * groups),
+                    tiles.threads, 0, (x, weight_rows(weight), bias, out, kH, kW, *stride,
+                                       *padding, *dilation, groups))
         block = settings.block
-        grid = grid_2d(Ho * Wo, N * K, block)
-        launch(_direct_kernels(T)[0], grid, block, skey, stream, *args)
+        return (_direct_kernels(T)[0], grid_2d(Ho * Wo, N * K, block), block, 0,
+                (x, weight, bias, out, *stride, *padding, *dilation, groups))
+
+    autotune.run("conv2d", lambda: (x.shape, weight.shape, has_bias, stride, padding, dilation,
+                                    groups, out_hw, x.dtype.char),
+                 plan, launch, *current_stream())
     return out
 
 
@@ -117,20 +120,24 @@ def conv_transpose2d(x, weight, bias, *, stride, padding, dilation, groups, out_
     stepI = sH // math.gcd(sH, dH)
     stepJ = sW // math.gcd(sW, dW)
     T = x.dtype.type
+    has_bias = bias is not None
     bias = absent(bias, x.dtype, 1)
     args = (x, weight, bias, out, sH, sW, *padding, dH, dW, groups, stepI, stepJ)
-    skey, stream = current_stream()
     phase_pixels = cdiv(Ho, sH) * cdiv(Wo, sW)  # the largest output phase
     n_z = N * groups * sH * sW
     taps = cdiv(kH, stepI) * cdiv(kW, stepJ)  # at most, per output pixel
-    tiles = choose_tiles(Kg, (C // groups) * taps, phase_pixels, n_z)
-    if tiles is not None:
-        grid = grid_tiles(tiles, phase_pixels, Kg, n_z)
-        launch(_gemm_kernels(T, tiles)[1], grid, tiles.threads, skey, stream, *args)
-    else:
+
+    def plan(arm):
+        tiles, _ = path_tiles(arm and arm["PATH"], Kg, (C // groups) * taps, phase_pixels, n_z)
+        if tiles is not None:
+            return (_gemm_kernels(T, tiles)[1], grid_tiles(tiles, phase_pixels, Kg, n_z),
+                    tiles.threads, 0, args)
         block = settings.block
-        grid = grid_2d(Ho * Wo, N * Kg * groups, block)
-        launch(_direct_kernels(T)[1], grid, block, skey, stream, *args)
+        return _direct_kernels(T)[1], grid_2d(Ho * Wo, N * Kg * groups, block), block, 0, args
+
+    autotune.run("conv_transpose2d", lambda: (x.shape, weight.shape, has_bias, stride, padding,
+                                              dilation, groups, out_hw, x.dtype.char),
+                 plan, launch, *current_stream())
     return out
 
 

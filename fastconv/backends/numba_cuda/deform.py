@@ -20,18 +20,19 @@ import functools
 
 from numba import cuda
 
+from . import autotune
 from ._bilinear import functions as _bilinear_functions
 from ._gemm import advance2, tile_coords
 from ._gemm import functions as _gemm_functions
 from ._launch import (
     absent,
-    choose_tiles,
     current_stream,
     empty,
     grid_2d,
     grid_tiles,
     launch,
     numba_arg_types,
+    path_tiles,
     settings,
 )
 
@@ -50,19 +51,24 @@ def deform_conv2d(
     if out.size == 0:
         return out
     T = x.dtype.type
+    has_mask, has_bias = mask is not None, bias is not None
     mask, bias = absent(mask, x.dtype, 4), absent(bias, x.dtype, 1)
     args = (x, offset, mask, weight, bias, out, *stride, *padding, *dilation, groups)
     args += (offset_groups,)
-    skey, stream = current_stream()
     Kg = K // groups
-    tiles = choose_tiles(Kg, Cg * kH * kW, Ho * Wo, N * groups)
-    if tiles is not None:
-        grid = grid_tiles(tiles, Ho * Wo, Kg, N * groups)
-        launch(_gemm_kernel(T, tiles), grid, tiles.threads, skey, stream, *args)
-    else:
+
+    def plan(arm):
+        tiles, _ = path_tiles(arm and arm["PATH"], Kg, Cg * kH * kW, Ho * Wo, N * groups)
+        if tiles is not None:
+            return (_gemm_kernel(T, tiles), grid_tiles(tiles, Ho * Wo, Kg, N * groups),
+                    tiles.threads, 0, args)
         block = settings.block
-        grid = grid_2d(Ho * Wo, N * K, block)
-        launch(_direct_kernel(T), grid, block, skey, stream, *args)
+        return _direct_kernel(T), grid_2d(Ho * Wo, N * K, block), block, 0, args
+
+    autotune.run("deform_conv2d", lambda: (x.shape, weight.shape, has_bias, has_mask, stride,
+                                           padding, dilation, groups, offset_groups,
+                                           out_hw, x.dtype.char),
+                 plan, launch, *current_stream())
     return out
 
 

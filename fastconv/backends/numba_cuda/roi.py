@@ -21,6 +21,8 @@ import math
 import numpy as np
 from numba import cuda, types
 
+from .. import _tuning
+from . import autotune
 from ._bilinear import functions as _bilinear_functions
 from ._launch import (
     cdiv,
@@ -49,24 +51,17 @@ def roi_align(x, rois, *, output_size, spatial_scale, sampling_ratio, aligned):
     if out.size == 0:
         return out
     T = x.dtype.type
-    cpt = settings.roi_channels_per_thread
-    kern = _align_kernel(T, cpt)
+    args = (x, rois, out, scalar(x.dtype, spatial_scale), int(sampling_ratio), 1 if aligned else 0)
     block = settings.block
-    grid = grid_2d(cdiv(C, cpt) * PH * PW, K, block)
-    skey, stream = current_stream()
-    launch(
-        kern,
-        grid,
-        block,
-        skey,
-        stream,
-        x,
-        rois,
-        out,
-        scalar(x.dtype, spatial_scale),
-        int(sampling_ratio),
-        1 if aligned else 0,
-    )
+
+    def plan(arm):  # arm: channels per thread (reusing each sample's bilinear weights)
+        cpt = (arm and arm["ROI_CPT"]) or settings.roi_channels_per_thread
+        return (_align_kernel(T, cpt), grid_2d(cdiv(C, cpt) * PH * PW, K, block), block, 0,
+                args)
+
+    autotune.run("roi_align", lambda: (x.shape, _tuning.box_bucket(K), output_size,
+                                       int(sampling_ratio), bool(aligned), x.dtype.char),
+                 plan, launch, *current_stream())
     return out
 
 
@@ -156,8 +151,12 @@ def ptx_cases(T):
     """``[(name, kernel, argtypes)]`` for every kernel of this module and float type ``T``."""
     f, i, _, a2, a4 = numba_arg_types(T)
     cpt = settings.roi_channels_per_thread
+    align = (a4, a2, a4, f, i, i)
+    # the other channels-per-thread instantiations that autotuning may launch
+    tuned = sorted({arm["ROI_CPT"] for arm in autotune.ARMS["roi_align"]} - {None, cpt})
     return [
-        ("roi_align", _align_kernel(T, cpt), (a4, a2, a4, f, i, i)),
+        ("roi_align", _align_kernel(T, cpt), align),
+        *((f"roi_align_cpt{c}", _align_kernel(T, c), align) for c in tuned),
         ("roi_pool", _pool_kernel(T), (a4, a2, a4, f)),
         ("roi_count_bad_boxes", _check_kernel(T),
          (a2, f, types.Array(types.int32, 1, "C"))),
