@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from numba import cuda
 
+from ._index import unravel3, unravel4
 from ._launch import current_stream, empty, launch, numba_arg_types, settings
 
 
@@ -37,10 +38,7 @@ def copy_3d(src, dst):
     size = dst.shape[0] * n1 * n2
     start = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
     for t in range(start, size, cuda.gridDim.x * cuda.blockDim.x):
-        i2 = t % n2
-        r = t // n2
-        i1 = r % n1
-        i0 = r // n1
+        i0, i1, i2 = unravel3(t, n1, n2)
         dst[i0, i1, i2] = src[i0, i1, i2]
 
 
@@ -52,12 +50,7 @@ def copy_4d(src, dst):
     size = dst.shape[0] * n1 * n2 * n3
     start = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
     for t in range(start, size, cuda.gridDim.x * cuda.blockDim.x):
-        i3 = t % n3
-        r = t // n3
-        i2 = r % n2
-        r = r // n2
-        i1 = r % n1
-        i0 = r // n1
+        i0, i1, i2, i3 = unravel4(t, n1, n2, n3)
         dst[i0, i1, i2, i3] = src[i0, i1, i2, i3]
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
+from ._index import unravel3, unravel4
 from ._launch import cdiv, current_stream, empty, launch, numba_arg_types, scalar, settings
 
 __all__ = [
@@ -43,12 +44,7 @@ def _gather(x, iy, ix, cval, out):
     total = out.shape[0] * n_ch * h_out * w_out
     start = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
     for t in range(start, total, cuda.gridDim.x * cuda.blockDim.x):
-        xx = t % w_out
-        r = t // w_out
-        y = r % h_out
-        r = r // h_out
-        c = r % n_ch
-        n = r // n_ch
+        n, c, y, xx = unravel4(t, n_ch, h_out, w_out)
         sy = iy[y]
         sx = ix[xx]
         if sy >= 0 and sx >= 0:
@@ -65,12 +61,7 @@ def _lerp(x, iy, wy, ix, wx, cval, out):
     total = out.shape[0] * n_ch * h_out * w_out
     start = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
     for t in range(start, total, cuda.gridDim.x * cuda.blockDim.x):
-        xx = t % w_out
-        r = t // w_out
-        y = r % h_out
-        r = r // h_out
-        c = r % n_ch
-        n = r // n_ch
+        n, c, y, xx = unravel4(t, n_ch, h_out, w_out)
         y0 = iy[0, y]
         y1 = iy[1, y]
         x0 = ix[0, xx]
@@ -93,12 +84,7 @@ def _filter_h(x, w, table, dil, cval, out):
     total = out.shape[0] * n_ch * h_out * width
     start = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
     for t in range(start, total, cuda.gridDim.x * cuda.blockDim.x):
-        xx = t % width
-        r = t // width
-        y = r % h_out
-        r = r // h_out
-        c = r % n_ch
-        n = r // n_ch
+        n, c, y, xx = unravel4(t, n_ch, h_out, width)
         sy = table[y]
         acc = w[0] * (x[n, c, sy, xx] if sy >= 0 else cval)
         for i in range(1, taps):
@@ -117,12 +103,7 @@ def _filter_w(x, w, table, dil, cval, out):
     total = out.shape[0] * n_ch * height * w_out
     start = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
     for t in range(start, total, cuda.gridDim.x * cuda.blockDim.x):
-        xx = t % w_out
-        r = t // w_out
-        y = r % height
-        r = r // height
-        c = r % n_ch
-        n = r // n_ch
+        n, c, y, xx = unravel4(t, n_ch, height, w_out)
         sx = table[xx]
         acc = w[0] * (x[n, c, y, sx] if sx >= 0 else cval)
         for i in range(1, taps):
@@ -141,10 +122,7 @@ def _to_planes(src, cax, scale, clip_low, use_clip, out):
     total = n_ch * height * width
     start = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
     for t in range(start, total, cuda.gridDim.x * cuda.blockDim.x):
-        xx = t % width
-        r = t // width
-        y = r % height
-        c = r // height
+        c, y, xx = unravel3(t, height, width)
         if cax == 0:
             v = src[c, y, xx] * scale
         elif cax == 1:
@@ -165,12 +143,7 @@ def _from_planes(planes, cax, out):
     total = planes.shape[0] * n_ch * height * width
     start = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
     for t in range(start, total, cuda.gridDim.x * cuda.blockDim.x):
-        xx = t % width
-        r = t // width
-        y = r % height
-        r = r // height
-        c = r % n_ch
-        b = r // n_ch
+        b, c, y, xx = unravel4(t, n_ch, height, width)
         if cax == 0:
             out[b, c, y, xx] = planes[b, c, y, xx]
         elif cax == 1:
