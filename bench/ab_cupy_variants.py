@@ -7,6 +7,8 @@ run of this script shows where it pays:
 
 * ``conv.DEPTHWISE_TILED``: depthwise conv2d without the shared-memory tile (one thread
   per output) -- the depthwise case;
+* ``conv.DEPTHWISE_LOADS``: the depthwise tile loaded with 4 loads in flight per thread
+  instead of 1 -- the depthwise case;
 * ``conv.SPLIT_K``: the conv2d implicit GEMM with its reduction split when its tiles
   leave the GPU short of blocks (``None`` = automatic, ``1`` = off) -- conv2d and
   deform_conv2d cases;

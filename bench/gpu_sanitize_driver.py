@@ -97,6 +97,7 @@ def cupy_configs(rng):
             forced.append((op, wide, params, vec))  # 130 / groups (1 or 2) > 64
         elif op == "conv2d" and params["groups"] == arrays["input"].shape[1]:
             forced.append((op, arrays, params, {"DEPTHWISE_TILED": False}))
+            forced.append((op, arrays, params, {"DEPTHWISE_LOADS": 4}))
         elif op == "conv_transpose2d":  # the phase GEMM (32- and 64-row tiles), and split
             forced.append((op, arrays, params, {"TRANSPOSED_GEMM": True}))
             forced.append((op, arrays, params, {"TRANSPOSED_GEMM": True, "SPLIT_K": 3}))

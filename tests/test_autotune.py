@@ -145,7 +145,8 @@ def test_a_near_tie_keeps_the_module_settings(tuner):
 def test_the_module_settings_arm_is_tried_first(tuner, monkeypatch):
     monkeypatch.setattr(conv, "SPLIT_K", 4)  # not one of ARMS' values
     arms = autotune._arms("conv2d")
-    assert arms[0] == {"SPLIT_K": 4, "DEPTHWISE_TILED": True, "GEMM_VEC": False}
+    assert arms[0] == {"SPLIT_K": 4, "DEPTHWISE_TILED": True, "GEMM_VEC": False,
+                       "DEPTHWISE_LOADS": 1}
     assert len(arms) == 1 + len(autotune.ARMS["conv2d"])
     monkeypatch.setattr(conv, "SPLIT_K", 1)
     assert autotune._arms("conv2d") == autotune.ARMS["conv2d"]

@@ -42,6 +42,9 @@ GEMM_KSZ = (0, 1, 3)
 GEMM_TILES = ((64, False), (64, True), (128, True))
 #: compile-time square kernel sizes of conv2d_depthwise_tiled (0 = any size)
 DEPTHWISE_KSZ = (0, 3, 5)
+#: input elements each thread of conv2d_depthwise_tiled loads before storing them to shared
+#: memory (conv.DEPTHWISE_LOADS; 4 is optional)
+DEPTHWISE_LOADS = (1, 4)
 #: compile-time square kernel sizes of deform_conv2d_gemm (0 = any size); not 3 for double,
 #: whose 3x3 sampling table does not fit in shared memory (deform.fused_config)
 DEFORM_KSZ = (0, 3)
@@ -86,7 +89,8 @@ def name_expressions(file: str, ctype: str) -> tuple[str, ...]:
               if gemm_tile_exists(ctype, bm) for k in GEMM_KSZ),
             expr("conv_sum_splits", ctype),
             *(expr("conv2d_direct", ctype, kb) for kb in DIRECT_KB),
-            *(expr("conv2d_depthwise_tiled", ctype, k) for k in DEPTHWISE_KSZ),
+            *(expr("conv2d_depthwise_tiled", ctype, k, n) for k in DEPTHWISE_KSZ
+              for n in DEPTHWISE_LOADS),
             expr("conv2d_depthwise_direct", ctype),
             *(expr("conv_transpose2d_direct", ctype, kb) for kb in DIRECT_KB),
             *(expr("conv_transpose2d_gemm", ctype, bm, vec) for bm, vec in TRANSPOSED_GEMM_TILES
@@ -110,8 +114,9 @@ def name_expressions(file: str, ctype: str) -> tuple[str, ...]:
 def optional(name: str) -> bool:
     """Whether instantiation ``name`` is launched only by an optional path (``variants``,
     off by default): the phase GEMM (``TRANSPOSED_GEMM``), the fused deformable kernel
-    (``DEFORM_FUSED``), the vector GEMM tiles (``GEMM_VEC``) and the RoI kernels with boxes
-    on grid y (``ROI_BOX_GRID``).
+    (``DEFORM_FUSED``), the vector GEMM tiles (``GEMM_VEC``), the RoI kernels with boxes
+    on grid y (``ROI_BOX_GRID``) and the depthwise tile loaded 4 elements at a time
+    (``DEPTHWISE_LOADS``).
 
     Those are compiled in a module of their own, on first use, so a call on the default
     paths never waits for them: NVRTC took 2.7 s for conv.cu's 18 default float kernels
@@ -122,6 +127,8 @@ def optional(name: str) -> bool:
         return True
     if base in ("fc::conv2d_gemm", "fc::roi_align", "fc::roi_pool"):
         return params.endswith(", true>")  # GEMM_VEC, ROI_BOX_GRID
+    if base == "fc::conv2d_depthwise_tiled":
+        return not params.endswith(", 1>")  # DEPTHWISE_LOADS
     return False
 
 

@@ -42,9 +42,10 @@ _ROI = [{"ROI_BOX_GRID": False, "ROI_CB": None}, {"ROI_BOX_GRID": True, "ROI_CB"
 #: tuning tries them after the module settings' present values (:func:`_arms`), and
 #: ``bench/ab_cupy_variants.py`` times the same arms against the peer
 ARMS = {
-    "conv2d": [{"SPLIT_K": s, "DEPTHWISE_TILED": t, "GEMM_VEC": v}
-               for s, t, v in ((1, True, False), (None, True, False), (1, False, False),
-                               (1, True, True), (None, True, True))],
+    "conv2d": [{"SPLIT_K": s, "DEPTHWISE_TILED": t, "GEMM_VEC": v, "DEPTHWISE_LOADS": n}
+               for s, t, v, n in ((1, True, False, 1), (None, True, False, 1),
+                                  (1, False, False, 1), (1, True, True, 1),
+                                  (None, True, True, 1), (1, True, False, 4))],
     "deform_conv2d": [{"DEFORM_FUSED": f, "SPLIT_K": s, "GEMM_VEC": v}
                       for f, s, v in ((False, 1, False), (False, None, False), (True, 1, False),
                                       (True, None, False), (False, None, True),

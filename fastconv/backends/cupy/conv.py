@@ -57,6 +57,12 @@ TRANSPOSED_GEMM = False
 #: an A/B arm of ``bench/ab_cupy_variants.py`` for small maps (H100, depthwise 1x256x56x56:
 #: tiled 11.0 us, cuDNN 10.7 us)
 DEPTHWISE_TILED = True
+#: input elements each thread of conv2d_depthwise_tiled loads before storing them to the
+#: shared tile: a store waits for its load, so 1 costs a memory latency per 256 elements of
+#: the tile (5 in a row for the depthwise case's 34x34 tile) and 4 costs 2.  1 by default
+#: until a GPU run shows that 4 pays (predicted: the depthwise case is one wave of
+#: latency-bound blocks, H100 11.0 us against cuDNN's 10.7)
+DEPTHWISE_LOADS = 1
 #: the implicit GEMMs (conv2d_gemm, conv_transpose2d_gemm, deform_conv2d_gemm) with
 #: gemm.cuh's vector register tiles: 4-wide fragments read with 128-bit shared-memory loads
 #: (3-4 loads per 32-64 FMAs instead of 12 per 32) and 128-row tiles for groups of more than
@@ -197,12 +203,14 @@ def conv2d_config(x, weight, bias, out, stride, padding, dilation, groups, max_b
 
 
 def conv2d_settings(arm, can_split: bool) -> tuple:
-    """``(split, depthwise_tiled, vec)`` of :func:`_conv2d_config`: :data:`SPLIT_K` (1 unless
-    ``can_split``, i.e. a workspace can be allocated), :data:`DEPTHWISE_TILED` and
-    :data:`GEMM_VEC`, each from ``arm`` where it names it, else the module's."""
+    """``(split, depthwise_tiled, vec, depthwise_loads)`` of :func:`_conv2d_config`:
+    :data:`SPLIT_K` (1 unless ``can_split``, i.e. a workspace can be allocated),
+    :data:`DEPTHWISE_TILED`, :data:`GEMM_VEC` and :data:`DEPTHWISE_LOADS`, each from ``arm``
+    where it names it, else the module's."""
     a = autotune.NO_ARM if arm is None else arm
     return (a.get("SPLIT_K", SPLIT_K) if can_split else 1,
-            a.get("DEPTHWISE_TILED", DEPTHWISE_TILED), a.get("GEMM_VEC", GEMM_VEC))
+            a.get("DEPTHWISE_TILED", DEPTHWISE_TILED), a.get("GEMM_VEC", GEMM_VEC),
+            a.get("DEPTHWISE_LOADS", DEPTHWISE_LOADS))
 
 
 def conv_transpose2d_config(x, weight, bias, out, stride, padding, dilation, groups,
@@ -223,11 +231,12 @@ def conv_transpose2d_config(x, weight, bias, out, stride, padding, dilation, gro
 
 @functools.lru_cache(maxsize=4096)
 def _conv2d_config(xshape, wshape, has_bias, oshape, stride, padding, dilation, groups, dchar,
-                   max_blocks, split=None, depthwise_tiled=True, vec=False):
+                   max_blocks, split=None, depthwise_tiled=True, vec=False, depthwise_loads=1):
     """``(kernel name, grid, shared memory bytes, scalar args, splits)`` of one conv2d launch.
 
     ``split`` is :data:`SPLIT_K` (None: automatic; an int: that many slices);
-    ``depthwise_tiled`` is :data:`DEPTHWISE_TILED`; ``vec`` is :data:`GEMM_VEC`.
+    ``depthwise_tiled`` is :data:`DEPTHWISE_TILED`; ``vec`` is :data:`GEMM_VEC`;
+    ``depthwise_loads`` is :data:`DEPTHWISE_LOADS`.
     """
     N, C_in, H, W = xshape
     C_out, Cg, kH, kW = wshape
@@ -248,7 +257,8 @@ def _conv2d_config(xshape, wshape, has_bias, oshape, stride, padding, dilation, 
         tile = ((31 * sH + (kH - 1) * dH + 1) * (31 * sW + (kW - 1) * dW + 1) + khw) * acc
         if tile <= SMEM_BUDGET and depthwise_tiled:
             items = N * C_out * -(-Ho // 32) * -(-Wo // 32)
-            name = expr("conv2d_depthwise_tiled", ctype, _ksz(kH, kW, _module.DEPTHWISE_KSZ))
+            name = expr("conv2d_depthwise_tiled", ctype, _ksz(kH, kW, _module.DEPTHWISE_KSZ),
+                        depthwise_loads)
             return name, _grid(items, max_blocks), tile, scalars, 1
         name = expr("conv2d_depthwise_direct", ctype)
         return name, _grid(-(-N * C_out * Ho * Wo // BLOCK), max_blocks), 0, scalars, 1

@@ -14,6 +14,7 @@ setting                       default   what the other values do
 ``conv.GEMM_VEC``             False     True: the implicit GEMMs with vector register tiles
                                         (128-bit shared-memory loads, 128-row tiles)
 ``conv.DEPTHWISE_TILED``      True      False: depthwise conv2d without the shared-memory tile
+``conv.DEPTHWISE_LOADS``      1         4: the depthwise tile loaded with 4 loads in flight
 ``deform.DEFORM_FUSED``       False     deform_conv2d in one kernel (sampling inside the GEMM)
 ``roi.ROI_BOX_GRID``          False     RoI kernels with the boxes on grid y
 ``roi.ROI_CB``                None      1, 4 or 8 channels per thread instead of by channel count
@@ -28,7 +29,7 @@ from . import conv, deform, roi
 
 #: setting -> the module that holds it
 OWNER = {"SPLIT_K": conv, "TRANSPOSED_GEMM": conv, "GEMM_VEC": conv, "DEPTHWISE_TILED": conv,
-         "DEFORM_FUSED": deform, "ROI_BOX_GRID": roi, "ROI_CB": roi}
+         "DEPTHWISE_LOADS": conv, "DEFORM_FUSED": deform, "ROI_BOX_GRID": roi, "ROI_CB": roi}
 
 
 def current() -> dict:

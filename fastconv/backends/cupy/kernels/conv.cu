@@ -23,10 +23,11 @@
 //                                thread per output pixel computing KB output channels;
 //                                the group's weights are staged in shared memory in
 //                                chunks of CB input channels.
-//   conv2d_depthwise_tiled<T, KSZ>  one input channel per group (depthwise, channel
-//                                multiplier M = C_out / groups): a 32x32 output tile of one
-//                                (n, k) plane per block; its input tile (with halo) and the
-//                                kernel go to shared memory, each thread computes 4 rows.
+//   conv2d_depthwise_tiled<T, KSZ, LOADS>  one input channel per group (depthwise,
+//                                channel multiplier M = C_out / groups): a 32x32 output tile
+//                                of one (n, k) plane per block; its input tile (with halo) and
+//                                the kernel go to shared memory (LOADS loads in flight per
+//                                thread), each thread computes 4 rows.
 //   conv2d_depthwise_direct<T>   depthwise without shared memory (tiles that would not
 //                                fit: large strides/dilations/kernels).
 //   conv_transpose2d_gemm<T>     transposed conv as one implicit GEMM per output phase
@@ -225,7 +226,7 @@ conv2d_direct(const T* __restrict__ x, const T* __restrict__ w, const T* __restr
 
 // ------------------------------------------------------------------ conv2d: depthwise
 
-template <typename T, int KSZ>
+template <typename T, int KSZ, int LOADS>
 __global__ void __launch_bounds__(256)
 conv2d_depthwise_tiled(const T* __restrict__ x, const T* __restrict__ w,
                        const T* __restrict__ bias, T* __restrict__ out, int N, int C_in, int H,
@@ -261,10 +262,31 @@ conv2d_depthwise_tiled(const T* __restrict__ x, const T* __restrict__ w,
         const T* src = x + ((i64)n * C_in + c) * HW;
 
         __syncthreads();  // the previous item's tile is no longer read
-        for (int e = tid; e < tileSize; e += 256) {
-            const int ly = e / IW, lx = e - ly * IW;
-            const int iy = iy0 + ly, ix = ix0 + lx;
-            tile[e] = (in_range(iy, H) && in_range(ix, W)) ? ld(src + (i64)iy * W + ix) : A(0);
+        // LOADS elements per thread are loaded into registers before any is stored: a store
+        // waits for its load, so one element at a time costs one memory latency per 256
+        // elements of the tile (5 in a row for a 34x34 tile) where LOADS = 4 costs 2
+        if constexpr (LOADS == 1) {
+            for (int e = tid; e < tileSize; e += 256) {
+                const int ly = e / IW, lx = e - ly * IW;
+                const int iy = iy0 + ly, ix = ix0 + lx;
+                tile[e] = (in_range(iy, H) && in_range(ix, W)) ? ld(src + (i64)iy * W + ix)
+                                                               : A(0);
+            }
+        } else {
+            for (int e0 = tid; e0 < tileSize; e0 += 256 * LOADS) {
+                A v[LOADS];
+#pragma unroll
+                for (int u = 0; u < LOADS; ++u) {
+                    const int e = e0 + 256 * u;
+                    const int ly = e / IW, lx = e - ly * IW;
+                    const int iy = iy0 + ly, ix = ix0 + lx;
+                    v[u] = (e < tileSize && in_range(iy, H) && in_range(ix, W))
+                               ? ld(src + (i64)iy * W + ix) : A(0);
+                }
+#pragma unroll
+                for (int u = 0; u < LOADS; ++u)
+                    if (e0 + 256 * u < tileSize) tile[e0 + 256 * u] = v[u];
+            }
         }
         for (int e = tid; e < kHW; e += 256) wsh[e] = ld(w + (i64)k * kHW + e);
         __syncthreads();
