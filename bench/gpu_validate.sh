@@ -93,11 +93,12 @@ fi
 
 if has bench; then
     rm -f "$LOGDIR/bench.json" "$LOGDIR/ab_cupy_variants.json"  # never record a stale run
-    # cupy autotunes per case (compiling its optional kernels once: ~20 s more than before),
-    # so the A/B step after it finds them in CuPy's disk cache
-    run_step bench "${BENCH_TIMEOUT:-260}" "$PY" -m fastconv bench --backend cupy,numba_cuda \
+    # cupy and numba_cuda autotune per case (compiling cupy's optional kernels once, ~20 s,
+    # and numba's other kernel paths, ~10 kernels of 0.4-1.1 s of NVVM each on the dev VM),
+    # so the A/B step after it finds cupy's in CuPy's disk cache
+    run_step bench "${BENCH_TIMEOUT:-280}" "$PY" -m fastconv bench --backend cupy,numba_cuda \
         --no-first-call --no-progress --json "$LOGDIR/bench.json"
-    run_step ab_cupy_variants "${AB_TIMEOUT:-200}" "$PY" bench/ab_cupy_variants.py \
+    run_step ab_cupy_variants "${AB_TIMEOUT:-180}" "$PY" bench/ab_cupy_variants.py \
         --json "$LOGDIR/ab_cupy_variants.json"
     # the bench's own table has every op's host time per call; this adds where a cupy call's
     # host time goes (cProfile)
