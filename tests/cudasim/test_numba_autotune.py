@@ -94,7 +94,7 @@ def _cases(rng):
         ("conv2d", (r(1, 3, 4, 5), r(6, 3, 3, 3), r(6)),
          dict(conv_p, groups=1, out_hw=(4, 5)),
          lambda x, w, b: reference.conv2d(x, w, b, padding=1),
-         _gemm(conv, "wide", 0), 3),  # the rules' direct kernel, narrow and wide GEMM tiles
+         _gemm(conv, "wide", 0), 4),  # the rules' grouped kernel, direct, narrow and wide GEMM
         ("conv2d", (r(2, 4, 9, 7), r(4, 1, 3, 3), None),
          dict(conv_p, groups=4, out_hw=(9, 7)),
          lambda x, w, b: reference.conv2d(x, w, b, padding=1, groups=4),
@@ -143,7 +143,7 @@ def test_off_launches_the_rules_choice_untimed(prefer, monkeypatch):
     got = backend.conv2d(*map(_dev, arrays), **params).copy_to_host()
     np.testing.assert_allclose(got, oracle(*arrays), rtol=1e-4, atol=1e-4)
     assert state["timed"] == 0 and autotune.choices() == []
-    assert [k.py_func.__name__ for k in state["launched"]] == ["conv2d_direct"]  # Kg < 12
+    assert [k.py_func.__name__ for k in state["launched"]] == ["conv2d_grouped"]  # Kg < 12
 
 
 def test_forced_paths_fall_back_to_the_rules_where_they_do_not_suit():

@@ -139,6 +139,71 @@ def launched(monkeypatch):
     return names
 
 
+# ----------------------------------------------------------------------------- conv2d: grouped
+
+GROUPED = [
+    # N, Cg, Kg, groups, H, W, (kH, kW), stride, padding (top, left), (bottom, right),
+    # dilation, bias, NaN in the input
+    (2, 2, 2, 2, 5, 6, (3, 3), (2, 1), (1, 1), (1, 1), (1, 1), True, True),  # KB 2, N=2
+    (1, 3, 3, 1, 5, 5, (3, 2), (1, 1), (0, 2), (1, 0), (1, 1), False, False),  # KB 4, tail
+    (1, 2, 5, 2, 6, 5, (2, 3), (1, 2), (2, 1), (0, 2), (2, 1), True, True),  # KB 8, tail
+    (2, 3, 8, 2, 4, 5, (3, 3), (1, 1), (1, 1), (1, 1), (1, 2), False, False),  # KB 8
+    (1, 2, 12, 1, 4, 4, (2, 2), (2, 2), (1, 0), (0, 1), (1, 1), True, False),  # 2 chunks, tail
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cfg", range(len(GROUPED)))
+def test_conv2d_grouped(cfg, dtype, launched):
+    """Several output channels of a group per thread (``conv2d_grouped``, GEMM disabled)."""
+    from fastconv.backends.numba_cuda import _launch
+
+    N, Cg, Kg, g, H, W, (kH, kW), s, p, p_hi, d, has_bias, nan = GROUPED[cfg]
+    rng = np.random.default_rng(100 + cfg)
+    x = data(rng, (N, Cg * g, H, W), dtype, nan=nan)
+    w = data(rng, (Kg * g, Cg, kH, kW), dtype)
+    b = data(rng, (Kg * g,), dtype) if has_bias else None
+    out_hw = (
+        conv_out(H, kH, s[0], p[0], p_hi[0], d[0]),
+        conv_out(W, kW, s[1], p[1], p_hi[1], d[1]),
+    )
+    old = _launch.configure(gemm_min_channels=10**9)
+    try:
+        got = call(backend.conv2d, x, w, b, stride=s, padding=p, dilation=d, groups=g,
+                   out_hw=out_hw)
+    finally:
+        _launch.configure(gemm_min_channels=old.gemm_min_channels)
+    assert launched == ["conv2d_grouped"]
+    xp = np.pad(x, ((0, 0), (0, 0), (p[0], p_hi[0]), (p[1], p_hi[1])))
+    ref = reference.conv2d(xp, w, b, stride=s, padding=0, dilation=d, groups=g)
+    assert got.dtype == dtype
+    if nan:
+        assert np.isnan(ref).any()
+    assert rel_err(got, ref) <= TOL[dtype]
+
+
+def test_conv2d_grouped_kb():
+    from fastconv.backends.numba_cuda import conv
+
+    assert [conv.grouped_kb(k) for k in (2, 3, 4, 5, 8, 9, 12, 100)] == [2, 4, 4, 8, 8, 8, 8, 8]
+
+
+def test_conv2d_one_output_channel_per_group_runs_the_direct_kernel(launched):
+    from fastconv.backends.numba_cuda import _launch
+
+    rng = np.random.default_rng(7)
+    x = data(rng, (1, 4, 4, 4), np.float32)
+    w = data(rng, (2, 2, 3, 3), np.float32)
+    old = _launch.configure(gemm_min_channels=10**9)
+    try:
+        got = call(backend.conv2d, x, w, None, stride=(1, 1), padding=(1, 1), dilation=(1, 1),
+                   groups=2, out_hw=(4, 4))
+    finally:
+        _launch.configure(gemm_min_channels=old.gemm_min_channels)
+    assert launched == ["conv2d_direct"]
+    assert rel_err(got, reference.conv2d(x, w, None, padding=1, groups=2)) <= 1e-4
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("cfg", range(len(DEPTHWISE)))
 def test_conv2d_depthwise(cfg, dtype, path, launched):

@@ -241,10 +241,11 @@ def path_tiles(path, channels_per_group: int, reduction: int, n_pixels: int, n_z
     the GEMM tiles or None (the direct kernel), and whether that is the rules' choice
     (:func:`choose_tiles`), which an arm falls back to where its path does not suit.
 
-    ``path`` is None (the rules), ``"direct"``, ``"narrow"`` or ``"wide"``; any other
+    ``path`` is None (the rules), ``"direct"``, ``"grouped"`` (conv2d's several-channels
+    direct kernel: no tiles, the launcher picks it), ``"narrow"`` or ``"wide"``; any other
     value (``"depthwise"``, handled by conv2d's launcher before this) means the rules.
     """
-    if path == "direct":
+    if path in ("direct", "grouped"):
         return None, False
     if path in ("narrow", "wide") and reduction >= 1:
         t = settings.tiles_narrow if path == "narrow" else settings.tiles_wide

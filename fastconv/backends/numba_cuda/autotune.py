@@ -9,11 +9,13 @@ other kernels that can compute it -- the arms of :data:`ARMS` -- and keeps the f
 the cupy backend does (the logic is shared: :mod:`.._tuning`).
 
 An arm names a kernel path: ``{"PATH": None}`` is the rules' own choice (always first),
-``"direct"``, ``"narrow"``/``"wide"`` (the implicit GEMM with ``settings.tiles_narrow`` /
-``tiles_wide``) and, for conv2d, ``"depthwise"``.  A forced path that does not suit the
-problem (the tiled depthwise kernel for a conv with several input channels per group, a GEMM
-tile of which fewer than a third of the rows would hold output channels) falls back to the
-rules' choice, so it plans alike and is not timed.  roi_align's arms are the channels per
+``"direct"`` (one thread per output element), ``"narrow"``/``"wide"`` (the implicit GEMM
+with ``settings.tiles_narrow`` / ``tiles_wide``) and, for conv2d, ``"depthwise"`` and
+``"grouped"`` (several output channels of a group per thread).  A forced path that does not
+suit the problem (the tiled depthwise kernel for a conv with several input channels per
+group, the grouped kernel for one input or one output channel per group, a GEMM tile of
+which fewer than a third of the rows would hold output channels) falls back to the rules'
+choice, so it plans alike and is not timed.  roi_align's arms are the channels per
 thread (``ROI_CPT``; None: ``settings.roi_channels_per_thread``).  Each distinct path is
 compiled on its first use (numba's disk cache keeps it), which adds seconds to the first
 tuned call on a new machine.
@@ -31,7 +33,7 @@ from .. import _tuning
 _PATHS = [{"PATH": p} for p in (None, "direct", "narrow", "wide")]
 #: op -> its arms, the rules' own choice first
 ARMS = {
-    "conv2d": _PATHS + [{"PATH": "depthwise"}],
+    "conv2d": _PATHS + [{"PATH": "depthwise"}, {"PATH": "grouped"}],
     "conv_transpose2d": _PATHS,
     "deform_conv2d": _PATHS,
     "roi_align": [{"ROI_CPT": c} for c in (None, 1, 2, 8)],

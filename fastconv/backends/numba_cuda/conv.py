@@ -13,6 +13,14 @@ Kernels:
   ``BM`` output channels x ``BN`` output pixels per block, weights and gathered input staged
   in shared memory, a ``TM x TN`` register tile per thread.  1-D grid, grid-stride, over
   the (pixel tile, channel tile, image x group [x output phase]) tiles.
+* ``conv2d_grouped`` -- conv2d with several input and output channels per group but too
+  few output channels for the GEMM: one output pixel and ``KB`` consecutive output
+  channels of one group per thread (``KB`` the smallest power of two >= ``Kg``, at most 8,
+  a compile-time constant; a tail variant guards ``Kg`` not a multiple of it), ``KB``
+  register accumulators, so each input value loaded serves ``KB`` outputs (conv2d_direct
+  loads it once per output channel); weights from global memory, the same address for the
+  whole block (broadcast).  Grid x over the output pixels of a plane, grid y over (image,
+  group, channel chunk), both grid-stride; 70-101 registers against conv2d_direct's 94-120.
 * ``*_direct`` -- one thread per output element (few channels per group, and depthwise
   convs whose input tile would not fit in shared memory): grid x over the output pixels of
   a plane (consecutive threads -> consecutive output x), grid y over the (image, output
@@ -23,7 +31,10 @@ conv2d's dispatch: input channels per group ``Cg == 1`` -> ``conv2d_depthwise`` 
 input tile fits in :data:`DW_SMEM_BUDGET` (:func:`depthwise_geometry`) and the work items
 number fewer than 2**31; else (and for ``Cg > 1``) ``conv2d_gemm`` where
 :func:`._launch.choose_tiles` finds enough output channels and reduction per group, else
-``conv2d_direct``.  conv_transpose2d: ``conv_transpose2d_gemm`` or ``_direct`` likewise.
+``conv2d_grouped`` where ``Cg > 1`` and ``Kg >= 2`` (and a plane's pixels and the (image,
+group, chunk) planes number fewer than 2**31), else ``conv2d_direct``.  Autotuning's
+``"direct"`` arm forces conv2d_direct, its ``"grouped"`` arm conv2d_grouped where it suits.
+conv_transpose2d: ``conv_transpose2d_gemm`` or ``_direct`` likewise.
 
 conv_transpose2d never visits taps that do not land on an output pixel: an output row
 ``y`` only receives taps ``i`` with ``i*dH = y + pH (mod sH)``, an arithmetic progression
@@ -57,10 +68,6 @@ from ._launch import (
     settings,
     weight_rows,
 )
-
-_direct_cache: dict = {}
-_depthwise_cache: dict = {}
-_gemm_cache: dict = {}
 
 
 # ============================================================================ host side
@@ -98,6 +105,18 @@ def conv2d(x, weight, bias, *, stride, padding, dilation, groups, out_hw):
                     tiles.threads, 0, (x, weight_rows(weight), bias, out, kH, kW, *stride,
                                        *padding, *dilation, groups))
         block = settings.block
+        # several output channels per thread where a group has several; an arm forcing the
+        # grouped path where it does not suit falls back to the rules' plan
+        grouped = rules or arm["PATH"] == "grouped"
+        if grouped and Cg > 1 and Kg >= 2 and Ho * Wo <= _I32_MAX:
+            KB = grouped_kb(Kg)
+            planes = N * groups * cdiv(Kg, KB)
+            if planes <= _I32_MAX:  # the kernel splits both with 32-bit divisions
+                return (_grouped_kernel(T, KB, Kg % KB != 0), grid_2d(Ho * Wo, planes, block),
+                        block, 0, (x, weight_rows(weight), bias, out, kH, kW, *stride, *padding,
+                         *dilation, groups))
+        if not rules and arm["PATH"] == "grouped":
+            return plan(None)
         return (_direct_kernels(T)[0], grid_2d(Ho * Wo, N * K, block), block, 0,
                 (x, weight, bias, out, *stride, *padding, *dilation, groups))
 
@@ -182,27 +201,37 @@ def depthwise_geometry(kH, kW, sH, sW, dH, dW, itemsize, block):
     return TW, TR, smem
 
 
+@functools.cache  # built once per dtype and compile-time shape
 def _depthwise_kernel(T, TW, TR):
-    key = (T, TW, TR)
-    k = _depthwise_cache.get(key)
-    if k is None:
-        k = _depthwise_cache[key] = _build_depthwise(T, TW, TR)
-    return k
+    return _build_depthwise(T, TW, TR)
 
 
+#: the most output channels per thread of conv2d_grouped
+GROUPED_MAX_KB = 8
+
+
+def grouped_kb(Kg):
+    """Output channels per thread of conv2d_grouped for ``Kg`` per group: the smallest power
+    of two >= ``Kg``, at most :data:`GROUPED_MAX_KB`."""
+    kb = 1
+    while kb < Kg and kb < GROUPED_MAX_KB:
+        kb *= 2
+    return kb
+
+
+@functools.cache  # built once per dtype and compile-time shape
+def _grouped_kernel(T, KB, tail):
+    return _build_grouped(T, KB, tail)
+
+
+@functools.cache  # built once per dtype and compile-time shape
 def _direct_kernels(T):
-    ks = _direct_cache.get(T)
-    if ks is None:
-        ks = _direct_cache[T] = _build_direct(T)
-    return ks
+    return _build_direct(T)
 
 
+@functools.cache  # built once per dtype and compile-time shape
 def _gemm_kernels(T, tiles):
-    key = (T, tiles)
-    ks = _gemm_cache.get(key)
-    if ks is None:
-        ks = _gemm_cache[key] = _build_gemm(T, tiles)
-    return ks
+    return _build_gemm(T, tiles)
 
 
 def ptx_cases(T):
@@ -225,6 +254,8 @@ def ptx_cases(T):
     cases += [
         ("conv2d_depthwise", _depthwise_kernel(T, *depthwise_block(settings.block)), conv[:-1]),
         ("conv2d_direct", d[0], conv),
+        *((f"conv2d_grouped_kb{kb}{'_tail' * tail}", _grouped_kernel(T, kb, tail), conv_gemm)
+          for kb in (2, 4, 8) for tail in (False, True)),
         ("conv_transpose2d_direct", d[1], conv + (i, i)),
     ]
     return cases
@@ -323,6 +354,88 @@ def _build_direct(T):
                 out[n, k, yo, xo] = acc
 
     return conv2d_direct, conv_transpose2d_direct
+
+
+def _build_grouped(T, KB, TAIL):
+    zero = T(0.0)
+    u32 = numba.uint32
+    u64 = numba.uint64
+    i64 = numba.int64
+
+    @cuda.jit(cache=True)
+    def conv2d_grouped(x, w, b, out, kH, kW, sH, sW, pH, pW, dH, dW, groups):
+        """KB consecutive output channels of one group per thread, one output pixel each:
+        grid x over the pixels of a plane, grid y over (n, group, chunk of KB channels).
+
+        Each in-range input value is loaded once per (c, tap) and multiplied into KB
+        register accumulators (conv2d_direct loads it once per output channel).  Weights
+        are read from global memory, not staged in shared memory: every thread of a block
+        has the same (n, group, chunk), so a weight load has one address for the whole
+        block (a broadcast served by L1), and there is no Cg*kH*kW-sized buffer to bound,
+        no staging pass and no barrier.  With ``TAIL`` (Kg not a multiple of KB) the last
+        chunk of a group skips its channels past the group by a block-uniform test;
+        without it the test is compiled out.
+
+        Registers (ptxas, float32 sm_90: 72 with KB 4 or 8, against conv2d_direct's 94):
+        the sizes and the plane / pixel are split with 32-bit divisions (the launcher sends
+        fewer than 2**31 of each), the plane loop is a while loop (a stepped range()
+        divides by its step), global indices are uint64 (no wraparound code), and the
+        channel loop is outermost with one bounds test per tap: with the channel loop
+        innermost, LLVM unrolls it (runtime count, small body) and keeps an address per
+        unrolled load live (up to 126-160 registers).  ``w`` is the weight viewed as
+        (K, Cg*kH*kW) rows (:func:`._launch.weight_rows`), column t = (c*kH + i)*kW + j.
+        """
+        H = x.shape[2]
+        W = x.shape[3]
+        Cg = i64(u32(x.shape[1]) // u32(groups))
+        Wo = out.shape[3]
+        P = out.shape[2] * Wo
+        Kg = i64(u32(w.shape[0]) // u32(groups))
+        n_ch = (Kg + KB - 1) // KB
+        gch = groups * n_ch
+        Q = out.shape[0] * gch
+        acc = cuda.local.array(KB, T)
+        pstart = i64(cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x)
+        pstep = i64(cuda.gridDim.x * cuda.blockDim.x)
+        q = i64(cuda.blockIdx.y)
+        while q < Q:  # (a range() with a step would divide by it: a 64-bit division)
+            n = i64(u32(q) // u32(gch))
+            r = q - n * gch
+            g = i64(u32(r) // u32(n_ch))
+            kc = (r - g * n_ch) * KB  # first channel of the chunk within the group
+            nk = min(KB, Kg - kc)  # channels of the chunk (fewer in the tail)
+            k0 = g * Kg + kc
+            cbase = g * Cg
+            p = pstart
+            while p < P:
+                yo = i64(u32(p) // u32(Wo))
+                xo = p - yo * Wo
+                iy0 = yo * sH - pH
+                ix0 = xo * sW - pW
+                for kb in range(KB):
+                    acc[kb] = zero
+                t = 0  # the weight column (c * kH + i) * kW + j
+                for c in range(Cg):
+                    for i in range(kH):
+                        iy = iy0 + i * dH
+                        for j in range(kW):
+                            ix = ix0 + j * dW
+                            if iy >= 0 and iy < H and ix >= 0 and ix < W:
+                                v = x[u64(n), u64(cbase + c), u64(iy), u64(ix)]
+                                for kb in range(KB):
+                                    if not TAIL or kb < nk:
+                                        acc[kb] += v * w[u64(k0 + kb), u64(t)]
+                            t += 1
+                for kb in range(KB):
+                    if kb < nk:
+                        bv = zero
+                        if b.shape[0] != 0:
+                            bv = b[u64(k0 + kb)]
+                        out[u64(n), u64(k0 + kb), u64(yo), u64(xo)] = acc[kb] + bv
+                p += pstep
+            q += cuda.gridDim.y
+
+    return conv2d_grouped
 
 
 def _build_depthwise(T, TW, TR):

@@ -36,9 +36,6 @@ from ._launch import (
     settings,
 )
 
-_direct_cache: dict = {}
-_gemm_cache: dict = {}
-
 
 def deform_conv2d(
     x, offset, weight, bias, mask, *, stride, padding, dilation, groups, offset_groups, out_hw
@@ -72,19 +69,14 @@ def deform_conv2d(
     return out
 
 
+@functools.cache  # built once per dtype and compile-time shape
 def _direct_kernel(T):
-    k = _direct_cache.get(T)
-    if k is None:
-        k = _direct_cache[T] = _build_direct(T)
-    return k
+    return _build_direct(T)
 
 
+@functools.cache  # built once per dtype and compile-time shape
 def _gemm_kernel(T, tiles):
-    key = (T, tiles)
-    k = _gemm_cache.get(key)
-    if k is None:
-        k = _gemm_cache[key] = _build_gemm(T, tiles)
-    return k
+    return _build_gemm(T, tiles)
 
 
 def ptx_cases(T):
