@@ -532,6 +532,32 @@ def test_non_finite_weight_on_padding_rows_gives_nan_like_the_oracle(dtype, bad)
     np.testing.assert_array_equal(np.isinf(out), np.isinf(ref))
 
 
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+@pytest.mark.parametrize("stride, kernel, groups", [((2, 2), (4, 4), 1), ((3, 2), (5, 3), 2),
+                                                    ((8, 8), (16, 16), 1)])
+def test_transposed_non_finite_weight_reaches_only_real_inputs(dtype, bad, stride, kernel,
+                                                               groups):
+    """conv_transpose2d multiplies only real inputs (the oracle's scatter, PyTorch's CPU
+    path): an inf/NaN weight whose tap falls outside the image for an output adds nothing
+    there, where the phase kernels would multiply a zero (NaN); they hand over to the
+    gathering kernel then.  Finite elsewhere: the first output channel's other taps."""
+    x = _rand((2, 2 * groups, 4, 5), dtype, 0)
+    w = _rand((2 * groups, 3, *kernel), dtype, 1)
+    w[0, 0, 0, 0] = bad
+    w[-1, -1, -1, -1] = -np.inf
+    params = dict(stride=stride, padding=(1, 1), dilation=(1, 1), groups=groups)
+    out_hw = tuple((n - 1) * s - 2 + k for n, s, k in zip((4, 5), stride, kernel, strict=True))
+    keep = w.copy()
+    out = cpu_conv.conv_transpose2d(x, w, None, out_hw=out_hw, **params)
+    ref = reference.conv_transpose2d(x, w, None, **params)
+    np.testing.assert_array_equal(w, keep)
+    assert np.isfinite(ref).any() and not np.isfinite(ref).all()
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+    np.testing.assert_array_equal(out[np.isinf(ref)], ref[np.isinf(ref)])
+    finite = np.isfinite(ref)
+    _check(np.where(finite, out, 0), np.where(finite, ref, 0), dtype)
+
+
 def test_inf_input_gives_inf_not_nan():
     x = np.ones((1, 1, 4, 20), np.float32)
     x[0, 0, 2, 5] = np.inf

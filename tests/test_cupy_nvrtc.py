@@ -212,6 +212,7 @@ def test_plans_use_registered_kernels(monkeypatch):
         "fc::conv2d_gemm", "fc::conv2d_direct", "fc::conv2d_depthwise_tiled",
         "fc::conv2d_depthwise_direct", "fc::conv_transpose2d_direct", "fc::deform_im2col",
         "fc::roi_align", "fc::roi_pool", "fc::conv_sum_splits", "fc::conv_transpose2d_gemm",
+        "fc::nonfinite_blocks",
     }
 
 

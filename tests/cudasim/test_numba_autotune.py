@@ -132,7 +132,12 @@ def test_tuned_calls_match_the_oracle_and_reuse_the_choice(prefer, index):
     state["launched"].clear()
     again = fn(*map(_dev, arrays), **params).copy_to_host()
     assert state["timed"] == 2 * n_distinct  # remembered: nothing timed
-    assert len(state["launched"]) == 1 and favoured(state["launched"][0])
+    first, *rest = state["launched"]
+    assert favoured(first)
+    # conv_transpose2d's GEMM is followed by its exact pass for inf/NaN weights (which
+    # finds none here and exits)
+    assert [k.py_func.__name__ for k in rest] == (
+        ["nonfinite_blocks", "conv_transpose2d_direct"] if op == "conv_transpose2d" else [])
     np.testing.assert_array_equal(again, got)
 
 

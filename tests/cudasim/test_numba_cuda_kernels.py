@@ -378,6 +378,72 @@ def test_deform_conv2d_nan_offset():
     assert np.isnan(got[0, :, 1, 2]).all()
 
 
+# ----------------------------------------------------------------------------- inf weights
+
+
+def with_infinite_taps(w):
+    """+inf at the first output channel's top-left tap, -inf at the last one's bottom-right
+    tap (conv_transpose2d: of the first / last input channel): taps that reach the zero
+    padding, or (transposed) the outside of the image, in some outputs."""
+    w = w.copy()
+    w[0, 0, 0, 0] = np.inf
+    w[-1, -1, -1, -1] = -np.inf
+    return w
+
+
+ONE = (1, 1)
+#: (op, input shape, weight shape, stride, padding, dilation, groups)
+INFINITE_WEIGHT_CASES = [
+    ("conv2d", (1, 4, 5, 6), (2, 2, 3, 3), ONE, ONE, ONE, 2),  # 1 channel/group: direct
+    ("conv2d", (1, 4, 5, 6), (8, 4, 3, 3), (2, 1), ONE, ONE, 1),  # grouped KB 8, or GEMM
+    ("conv2d", (2, 3, 5, 6), (6, 1, 3, 3), ONE, (2, 2), (2, 2), 3),  # depthwise
+    ("conv2d", (1, 3, 4, 5), (4, 3, 1, 1), ONE, ONE, ONE, 1),  # a ring of pure padding
+    ("conv_transpose2d", (1, 4, 4, 5), (4, 3, 4, 4), (2, 2), ONE, ONE, 1),
+    ("conv_transpose2d", (1, 2, 4, 5), (2, 5, 6, 6), (3, 3), ONE, ONE, 1),
+    ("conv_transpose2d", (2, 4, 3, 4), (4, 2, 3, 3), (2, 1), ONE, (2, 1), 2),
+    ("deform_conv2d", (1, 2, 5, 6), (5, 2, 3, 3), ONE, ONE, ONE, 1),
+]
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # 0 * inf
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_infinite_weights_propagate_as_in_the_oracle(dtype, path, launched):
+    """Every kernel path gives the oracle's NaN/inf for infinite weights: conv2d multiplies
+    its padding zeros (0 * inf = NaN, not a skipped tap), deform_conv2d its out-of-image
+    samples, and conv_transpose2d only real inputs (after its GEMM, which multiplies
+    out-of-image zeros, nonfinite_blocks sends it through the exact gathering pass)."""
+    rng = np.random.default_rng(11)
+    for op, xs, ws, s, p, d, g in INFINITE_WEIGHT_CASES:
+        x = data(rng, xs, dtype)
+        w = with_infinite_taps(data(rng, ws, dtype))
+        params = dict(stride=s, padding=p, dilation=d, groups=g)
+        if op == "conv_transpose2d":
+            out_hw = tuple((n - 1) * s_ - 2 * p_ + d_ * (k - 1) + 1
+                           for n, s_, p_, d_, k in zip(xs[2:], s, p, d, ws[2:], strict=True))
+            got = call(backend.conv_transpose2d, x, w, None, **params, out_hw=out_hw)
+            ref = reference.conv_transpose2d(x, w, None, **params)
+        else:
+            out_hw = tuple(conv_out(n, k, s_, p_, p_, d_)
+                           for n, k, s_, p_, d_ in zip(xs[2:], ws[2:], s, p, d, strict=True))
+            if op == "conv2d":
+                got = call(backend.conv2d, x, w, None, **params, out_hw=out_hw)
+                ref = reference.conv2d(x, w, None, **params)
+            else:
+                offset = (rng.standard_normal((xs[0], 2 * ws[2] * ws[3], *out_hw)) * 2)
+                offset = offset.astype(dtype)
+                got = call(backend.deform_conv2d, x, offset, w, None, None, **params,
+                           offset_groups=1, out_hw=out_hw)
+                ref = reference.deform_conv2d(x, offset, w, None, stride=s, padding=p,
+                                              dilation=d)
+        assert not np.isfinite(ref).all()
+        assert rel_err(got, ref) <= TOL[dtype], (op, xs, ws)
+    conv_kernels = {"direct": {"conv2d_direct", "conv2d_grouped", "conv2d_depthwise",
+                               "conv_transpose2d_direct"},
+                    "gemm": {"conv2d_gemm", "conv2d_depthwise", "conv_transpose2d_gemm",
+                             "nonfinite_blocks", "conv_transpose2d_direct"}}[path]
+    assert conv_kernels <= set(launched), sorted(set(launched))
+
+
 # ----------------------------------------------------------------------------- roi ops
 
 

@@ -156,27 +156,12 @@ def _image_paths(dtype):
         img, np.ones((2, 3)), 3, mode="wrap", channel_axis=-1, backend=b)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_every_instantiation_matches_oracle(dtype):
-    dtype = np.dtype(dtype)
-    tol = _random_cases.TOLERANCE[dtype]
-    rng = np.random.default_rng(0)
-    before = dict(emulator.LAUNCHED)
-    for label, make in PATHS:
-        op, arrays, params = make(rng, dtype)
-        out = getattr(fastconv, op)(**arrays, **params, **_UNCHECKED.get(op, {}),
-                                    backend=BACKEND)
-        ref = getattr(reference, op)(**arrays, **params)
-        assert out.dtype == dtype and out.shape == ref.shape, label
-        err = _random_cases.relative_error(out, ref)
-        assert err <= tol, f"{label} ({dtype}): relative error {err:.3g} > {tol:g}"
-    # with the default settings no optional kernel runs (they are compiled separately)
-    by_default = {name for name, count in emulator.LAUNCHED.items()
-                  if count > before.get(name, 0)}
-    assert not [n for n in by_default if _module.optional(n)]
-    # the paths that are off by default, forced: split-K (conv_sum_splits; automatic on a
-    # GPU with few tiles), the phase GEMM for conv_transpose2d (FCN-like: kernel 2x stride)
-    # and the RoI kernels with boxes on grid y (7 boxes over a grid y of 3: it strides)
+def _forced_paths():
+    """(label, [(module, setting, value)], case maker) for the paths that are off by
+    default, each forced by its settings: split-K (conv_sum_splits; automatic on a GPU
+    with few tiles), the phase GEMM for conv_transpose2d (FCN-like: kernel 2x stride), the
+    RoI kernels with boxes on grid y (7 boxes over a grid y of 3: it strides), the fused
+    deformable GEMM and the vector register tiles."""
     roi_box_grid = [
         (f"{op} CB={cb} boxes on grid y", [(cupy_roi, "ROI_BOX_GRID", True),
                                            (cupy_roi, "ROI_CB", cb)], _roi(op, c, **kw))
@@ -227,7 +212,7 @@ def test_every_instantiation_matches_oracle(dtype):
            [(cupy_deform, "DEFORM_FUSED", True), vec, *extra], make)
           for label, extra, make in DEFORM_FUSED_CASES[::3]],
     ]
-    for label, settings_, make in [
+    return [
         ("conv2d_gemm split 3 ways", [(cupy_conv, "SPLIT_K", 3)],
          _conv(2, 20, 70, (3, 3), padding=1)),
         ("conv2d_depthwise_direct by choice", [(cupy_conv, "DEPTHWISE_TILED", False)],
@@ -253,17 +238,43 @@ def test_every_instantiation_matches_oracle(dtype):
         *roi_box_grid,
         *deform_fused,
         *vector_tiles,
-    ]:
-        op, arrays, params = make(rng, dtype)
-        old = [(m, name, getattr(m, name)) for m, name, _ in settings_]
-        for m, name, value in settings_:
+    ]
+
+
+def _run_with(settings_, op, arrays, params):
+    """Call ``op`` on the emulated backend with the module ``settings_`` set for the call."""
+    old = [(m, name, getattr(m, name)) for m, name, _ in settings_]
+    for m, name, value in settings_:
+        setattr(m, name, value)
+    try:
+        return getattr(fastconv, op)(**arrays, **params, **_UNCHECKED.get(op, {}),
+                                     backend=BACKEND)
+    finally:
+        for m, name, value in old:
             setattr(m, name, value)
-        try:
-            out = getattr(fastconv, op)(**arrays, **params, **_UNCHECKED.get(op, {}),
-                                        backend=BACKEND)
-        finally:
-            for m, name, value in old:
-                setattr(m, name, value)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_instantiation_matches_oracle(dtype):
+    dtype = np.dtype(dtype)
+    tol = _random_cases.TOLERANCE[dtype]
+    rng = np.random.default_rng(0)
+    before = dict(emulator.LAUNCHED)
+    for label, make in PATHS:
+        op, arrays, params = make(rng, dtype)
+        out = _run_with([], op, arrays, params)
+        ref = getattr(reference, op)(**arrays, **params)
+        assert out.dtype == dtype and out.shape == ref.shape, label
+        err = _random_cases.relative_error(out, ref)
+        assert err <= tol, f"{label} ({dtype}): relative error {err:.3g} > {tol:g}"
+    # with the default settings no optional kernel runs (they are compiled separately)
+    by_default = {name for name, count in emulator.LAUNCHED.items()
+                  if count > before.get(name, 0)}
+    assert not [n for n in by_default if _module.optional(n)]
+    # the paths that are off by default, forced
+    for label, settings_, make in _forced_paths():
+        op, arrays, params = make(rng, dtype)
+        out = _run_with(settings_, op, arrays, params)
         err = _random_cases.relative_error(out, getattr(reference, op)(**arrays, **params))
         assert err <= tol, f"{label} ({dtype}): relative error {err:.3g} > {tol:g}"
     # the GPU box check of check_boxes=True (the emulated backend's boxes live on the
@@ -284,6 +295,44 @@ def test_every_instantiation_matches_oracle(dtype):
     if dtype == np.float16:  # the image kernels are never asked for float16 data
         wanted = {name for name in wanted if "resample_" not in name}
     assert not wanted - ran, f"never launched: {sorted(wanted - ran)}"
+
+
+def _with_infinite_taps(weight):
+    """A copy of ``weight`` with +inf at the first output channel's top-left tap and -inf
+    at the last one's bottom-right tap: taps that reach the zero padding in some outputs."""
+    weight = weight.copy()
+    weight[0, 0, 0, 0] = np.inf
+    weight[-1, -1, -1, -1] = -np.inf
+    return weight
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # 0 * inf
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_weighted_path_propagates_infinite_weights_as_the_oracle(dtype):
+    """NaN/Inf propagate as in the oracle (DESIGN.md), also from the weights: a padding
+    zero (conv2d) or an out-of-image sample (deform_conv2d) under an infinite weight gives
+    NaN, a real input under it gives +-inf, and conv_transpose2d multiplies only real
+    inputs (no zero is inserted).  A kernel that skips a padding tap instead of
+    multiplying its zero gives a finite value where the oracle has NaN."""
+    dtype = np.dtype(dtype)
+    tol = _random_cases.TOLERANCE[dtype]
+    rng = np.random.default_rng(1)
+    cases = [(label, [], make) for label, make in PATHS] + _forced_paths()
+    checked, wrong = 0, []
+    for label, settings_, make in cases:
+        op, arrays, params = make(rng, dtype)
+        if "weight" not in arrays:
+            continue
+        arrays["weight"] = _with_infinite_taps(arrays["weight"])
+        out = _run_with(settings_, op, arrays, params)
+        ref = getattr(reference, op)(**arrays, **params)
+        assert not np.isfinite(ref).all(), label
+        if _random_cases.relative_error(out, ref) > tol:
+            wrong.append(f"{label}: NaN at {np.isnan(np.asarray(out)).sum()} outputs, "
+                         f"the oracle at {np.isnan(ref).sum()}")
+        checked += 1
+    assert not wrong, f"{dtype}:\n" + "\n".join(wrong)
+    assert checked == 49, checked  # every case with a weight (the RoI ones have none)
 
 
 _CTYPE = {np.dtype("float16"): "__half", np.dtype("float32"): "float",
@@ -484,3 +533,31 @@ def test_the_gpu_sanitizer_driver_reaches_every_kernel():
     the emulated backend, so a new kernel without a driver case fails in CI."""
     driver = bench_script("gpu_sanitize_driver")
     assert driver.main(["--backends", BACKEND]) == 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_exact_transposed_pass_runs_only_where_a_weight_is_not_finite(dtype):
+    """exact_if_nonfinite after the phase GEMM: with finite weights the gathering kernel
+    exits at once (the output keeps what the GEMM wrote: a sentinel here); with a NaN in
+    the last block's share of the weights it recomputes the output as the oracle does."""
+    dtype = np.dtype(dtype)
+    rng = np.random.default_rng(5)
+    x = _rand(rng, (1, 16, 4, 5), dtype)
+    w = _rand(rng, (16, 16, 3, 3), dtype)  # 2304 values: 2 blocks of nonfinite_blocks
+    params = dict(stride=(2, 2), padding=(1, 1), dilation=(1, 1))
+    out = np.full((1, 16, 7, 9), 7.0, dtype)
+
+    def launches():
+        return cupy_conv.exact_if_nonfinite(x, w, None, out, *params.values(), 1, 100,
+                                            np.empty)
+
+    names = [launch[0].split("<")[0] for launch in launches()]
+    assert names == ["fc::nonfinite_blocks", "fc::conv_transpose2d_direct"]
+    assert launches()[0][1] == 2  # blocks
+    _module.run(launches())
+    assert (out == 7.0).all()
+    w[-1, -1, -1, -1] = np.nan
+    _module.run(launches())
+    ref = reference.conv_transpose2d(x, w, **params)
+    assert np.isnan(out).any()
+    assert _random_cases.relative_error(out, ref) <= _random_cases.TOLERANCE[dtype]

@@ -75,8 +75,12 @@ images are also split over output-channel groups; weights larger than L2 are spl
 one channel slice per thread.  ``numba.set_num_threads`` is respected.
 
 All kernels accumulate in the input dtype with fused multiply-adds; NaN/Inf propagate
-(no ``nnan``/``ninf`` fast-math).  Out-of-image taps multiply zeros (like PyTorch's
-zero-padded convolution, so an infinite weight next to the border gives NaN).
+(no ``nnan``/``ninf`` fast-math).  conv2d's out-of-image taps multiply zeros (like
+PyTorch's zero-padded convolution, so an infinite weight next to the border gives NaN).
+conv_transpose2d multiplies only real inputs, as the oracle's scatter (and PyTorch's CPU
+path) does; its phase kernels would multiply the zeros outside the image too, which only
+an inf/NaN weight can tell apart, so weights that are not all finite (found while packing
+them) go to the gathering kernel ``_conv_transpose2d_gather`` instead.
 """
 
 from __future__ import annotations
@@ -1165,7 +1169,10 @@ class _RowsPlan(NamedTuple):
     wofs: int  # elements of the packed weight stream
     scan_finite: bool  # weights read in place: skip padding taps only if all are finite
 
-    def launch(self, x, weight, b, out, nth):
+    def launch(self, x, weight, b, out, nth, exact=None):
+        """Run the row kernel; for a transposed plan whose weights hold an inf or NaN, call
+        ``exact()`` instead (the phases multiply the zeros outside the image, the oracle's
+        scatter only real inputs: the same unless a weight is not finite)."""
         geo = self.geo.copy()
         if self.kernel[4]:  # weights read in place
             wp = np.ascontiguousarray(weight).reshape(-1)
@@ -1176,6 +1183,9 @@ class _RowsPlan(NamedTuple):
             wp = _aligned_empty(max(self.wofs, 1), weight.dtype)
             finite = _pack_weights(weight, self.transposed, self.G, self.CKB, self.nkb,
                                    self.ntap, self.wtap, wp)
+        if not finite and exact is not None:
+            exact()
+            return out
         # an inf or NaN weight times zero padding is NaN (as in the oracle): then no tap is
         # skipped
         geo[_SKIP] = int(finite and _SKIP_PADDING)
@@ -1432,7 +1442,39 @@ def conv_transpose2d(x, weight, bias, *, stride, padding, dilation, groups, out_
     nth = numba.get_num_threads()
     plan = _conv_transpose2d_plan(x.shape, weight.shape, x.dtype.itemsize, stride, padding,
                                   dilation, groups, out_hw, nth, _knobs())
-    return plan.launch(x, weight, b, out, nth)
+    return plan.launch(x, weight, b, out, nth, exact=lambda: _conv_transpose2d_gather(
+        x, weight, b, out, *stride, *padding, *dilation, groups))
+
+
+@parallel_kernel
+def _conv_transpose2d_gather(x, w, b, out, sH, sW, pH, pW, dH, dW, G):
+    """conv_transpose2d with each output gathered from the taps that land on it from real
+    inputs, as the oracle (and PyTorch's CPU scatter) computes it; one (image, output
+    channel) plane per item.  Only for weights holding an inf or NaN: the phase kernels
+    multiply the zeros outside the image too, which gives the same sums for finite
+    weights but NaN (0 * inf) near the border for an infinite one.  Scalar and simple,
+    as speed does not matter there."""
+    N, C, H, W = x.shape
+    Kg, kH, kW = w.shape[1], w.shape[2], w.shape[3]
+    K, Ho, Wo = out.shape[1], out.shape[2], out.shape[3]
+    Cg = C // G
+    for q in numba.prange(N * K):
+        n, k = q // K, q % K
+        g, kl = k // Kg, k % Kg
+        for yo in range(Ho):
+            for xo in range(Wo):
+                acc = x.dtype.type(0)
+                for i in range(kH):
+                    ty = yo + pH - i * dH
+                    if ty < 0 or ty % sH != 0 or ty // sH >= H:
+                        continue
+                    for j in range(kW):
+                        tx = xo + pW - j * dW
+                        if tx < 0 or tx % sW != 0 or tx // sW >= W:
+                            continue
+                        for c in range(g * Cg, (g + 1) * Cg):
+                            acc += x[n, c, ty // sH, tx // sW] * w[c, kl, i, j]
+                out[n, k, yo, xo] = acc + b[k]
 
 
 @functools.lru_cache(maxsize=512)

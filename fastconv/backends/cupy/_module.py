@@ -95,6 +95,7 @@ def name_expressions(file: str, ctype: str) -> tuple[str, ...]:
             *(expr("conv_transpose2d_direct", ctype, kb) for kb in DIRECT_KB),
             *(expr("conv_transpose2d_gemm", ctype, bm, vec) for bm, vec in TRANSPOSED_GEMM_TILES
               if gemm_tile_exists(ctype, bm)),
+            expr("nonfinite_blocks", ctype),
         )
     if file == "deform.cu":
         return (expr("deform_im2col", ctype),
@@ -113,7 +114,8 @@ def name_expressions(file: str, ctype: str) -> tuple[str, ...]:
 
 def optional(name: str) -> bool:
     """Whether instantiation ``name`` is launched only by an optional path (``variants``,
-    off by default): the phase GEMM (``TRANSPOSED_GEMM``), the fused deformable kernel
+    off by default): the phase GEMM (``TRANSPOSED_GEMM``) with its non-finite weight check
+    (``nonfinite_blocks``), the fused deformable kernel
     (``DEFORM_FUSED``), the vector GEMM tiles (``GEMM_VEC``), the RoI kernels with boxes
     on grid y (``ROI_BOX_GRID``) and the depthwise tile loaded 4 elements at a time
     (``DEPTHWISE_LOADS``).
@@ -123,7 +125,7 @@ def optional(name: str) -> bool:
     and 14.4 s with its 11 optional ones (sm_90, 2-core dev VM).
     """
     base, _, params = name.partition("<")
-    if base in ("fc::conv_transpose2d_gemm", "fc::deform_conv2d_gemm"):
+    if base in ("fc::conv_transpose2d_gemm", "fc::deform_conv2d_gemm", "fc::nonfinite_blocks"):
         return True
     if base in ("fc::conv2d_gemm", "fc::roi_align", "fc::roi_pool"):
         return params.endswith(", true>")  # GEMM_VEC, ROI_BOX_GRID

@@ -23,7 +23,9 @@ Kernel choice for ``conv2d`` (per group: ``Cg = C_in/groups`` input and
 ``conv_transpose2d`` gathers with ``conv_transpose2d_direct``, or, with
 :data:`TRANSPOSED_GEMM`, runs one implicit GEMM per output phase
 (``conv_transpose2d_gemm``: 32-row tiles for groups of <= 32 output channels, else
-64; split-K as conv2d's).  The optional paths' settings are listed in ``variants``.
+64; split-K as conv2d's), followed by :func:`exact_if_nonfinite` (an inf/NaN weight
+times the GEMM's out-of-image zeros would give NaN that the oracle does not have).
+The optional paths' settings are listed in ``variants``.
 """
 
 from __future__ import annotations
@@ -187,9 +189,42 @@ def plan_conv_transpose2d(x, weight, bias, out, stride, padding, dilation, group
     name, grid, smem, scalars, splits = conv_transpose2d_config(
         x, weight, bias, out, stride, padding, dilation, groups, max_blocks, empty, arm)
     args = (x, weight, weight if bias is None else bias, out) + scalars
-    if not name.startswith("fc::conv_transpose2d_gemm"):
-        return [(name, grid, BLOCK, smem, args)]
-    return gemm_launches((name, grid, BLOCK, smem, args), splits, bias, out, max_blocks, empty)
+    if not name.startswith("fc::conv_transpose2d_gemm"):  # unguarded: no flags, 0 blocks
+        return [(name, grid, BLOCK, smem, args + (_module.placeholder(np.int32, empty), _I32(0)))]
+    return (gemm_launches((name, grid, BLOCK, smem, args), splits, bias, out, max_blocks, empty)
+            + exact_if_nonfinite(x, weight, bias, out, stride, padding, dilation, groups,
+                                 max_blocks, empty))
+
+
+#: blocks of nonfinite_blocks at most: conv_transpose2d_direct's BLOCK threads read one
+#: flag each
+NONFINITE_MAX_BLOCKS = BLOCK
+
+
+def exact_if_nonfinite(x, weight, bias, out, stride, padding, dilation, groups, max_blocks,
+                       empty=None):
+    """Launches that redo ``out`` with the exact gathering kernel where ``weight`` holds an
+    inf or NaN, decided on the GPU (no sync): ``nonfinite_blocks`` flags the weights,
+    ``conv_transpose2d_direct`` reads the flags and exits at once when all are finite.
+
+    The phase GEMM multiplies the zeros outside the image, the oracle (PyTorch's CPU
+    scatter) multiplies only real inputs; with finite weights both give the same, with an
+    inf/NaN weight the GEMM would give NaN where the oracle does not.  Nothing is
+    launched where the gathering kernel cannot take the taps (over its shared memory).
+    """
+    try:
+        name, grid, smem, scalars, _ = _conv_transpose2d_config(
+            x.shape, weight.shape, bias is not None, out.shape, stride, padding, dilation,
+            groups, x.dtype.char, max_blocks)
+    except ValueError:
+        return []
+    blocks = max(1, min(NONFINITE_MAX_BLOCKS, -(-math.prod(weight.shape) // (8 * BLOCK))))
+    flags = (empty((blocks,), np.int32) if empty is not None
+             else _module.placeholder(np.int32, empty))
+    args = (x, weight, weight if bias is None else bias, out) + scalars
+    return [(expr("nonfinite_blocks", CTYPES[x.dtype]), blocks, BLOCK, 0,
+             (weight, np.int64(math.prod(weight.shape)), flags)),
+            (name, grid, BLOCK, smem, args + (flags, _I32(blocks)))]
 
 
 def conv2d_config(x, weight, bias, out, stride, padding, dilation, groups, max_blocks,

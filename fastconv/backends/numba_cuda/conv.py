@@ -34,7 +34,9 @@ number fewer than 2**31; else (and for ``Cg > 1``) ``conv2d_gemm`` where
 ``conv2d_grouped`` where ``Cg > 1`` and ``Kg >= 2`` (and a plane's pixels and the (image,
 group, chunk) planes number fewer than 2**31), else ``conv2d_direct``.  Autotuning's
 ``"direct"`` arm forces conv2d_direct, its ``"grouped"`` arm conv2d_grouped where it suits.
-conv_transpose2d: ``conv_transpose2d_gemm`` or ``_direct`` likewise.
+conv_transpose2d: ``conv_transpose2d_gemm`` or ``_direct`` likewise; after the GEMM,
+``nonfinite_blocks`` flags inf/NaN weights and an exact pass of ``_direct`` runs only where
+one is (the GEMM multiplies out-of-image zeros, which the oracle's scatter never does).
 
 conv_transpose2d never visits taps that do not land on an output pixel: an output row
 ``y`` only receives taps ``i`` with ``i*dH = y + pH (mod sH)``, an arithmetic progression
@@ -146,17 +148,33 @@ def conv_transpose2d(x, weight, bias, *, stride, padding, dilation, groups, out_
     n_z = N * groups * sH * sW
     taps = cdiv(kH, stepI) * cdiv(kW, stepJ)  # at most, per output pixel
 
+    direct = _direct_kernels(T)[1]
+    block = settings.block
+    direct_grid = grid_2d(Ho * Wo, N * Kg * groups, block)
+
     def plan(arm):
         tiles, _ = path_tiles(arm and arm["PATH"], Kg, (C // groups) * taps, phase_pixels, n_z)
         if tiles is not None:
             return (_gemm_kernels(T, tiles)[1], grid_tiles(tiles, phase_pixels, Kg, n_z),
                     tiles.threads, 0, args)
-        block = settings.block
-        return _direct_kernels(T)[1], grid_2d(Ho * Wo, N * Kg * groups, block), block, 0, args
+        # unguarded: no flags (the kernel tests nonfinite.shape[0])
+        return direct, direct_grid, block, 0, args + (absent(None, np.int32, 1),)
+
+    def launch_exact(kernel, grid, block_, stream_key, stream, *launch_args, shared=0):
+        launch(kernel, grid, block_, stream_key, stream, *launch_args, shared=shared)
+        if kernel is not direct:
+            # the GEMM multiplies the zeros outside the image, the oracle (PyTorch's CPU
+            # scatter) only real inputs: the same unless a weight is inf/NaN (0 * inf =
+            # NaN), so an exact pass follows that runs only where one is (no sync)
+            blocks = max(1, min(block, cdiv(weight.size, 8 * block)))
+            flags = empty((blocks,), np.int32)
+            launch(nonfinite_blocks, (blocks,), block, stream_key, stream,
+                   weight.reshape(weight.size), flags)
+            launch(direct, direct_grid, block, stream_key, stream, *args, flags)
 
     autotune.run("conv_transpose2d", lambda: (x.shape, weight.shape, has_bias, stride, padding,
                                               dilation, groups, out_hw, x.dtype.char),
-                 plan, launch, *current_stream())
+                 plan, launch_exact, *current_stream())
     return out
 
 
@@ -224,6 +242,23 @@ def _grouped_kernel(T, KB, tail):
     return _build_grouped(T, KB, tail)
 
 
+@cuda.jit(cache=True)
+def nonfinite_blocks(w, nonfinite):
+    """``nonfinite[b] = 1`` where block ``b``'s share of the 1-D ``w`` (strided by the grid)
+    holds an inf or NaN, else 0: every block writes its flag, so they need no clearing.
+    The guard of conv_transpose2d_direct's exact pass after the GEMM."""
+    mine = 0
+    i = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    while i < w.shape[0]:
+        v = w[i]
+        if v - v != 0:  # inf - inf and NaN - NaN are NaN
+            mine = 1
+        i += cuda.gridDim.x * cuda.blockDim.x
+    found = cuda.syncthreads_or(mine)
+    if cuda.threadIdx.x == 0:
+        nonfinite[cuda.blockIdx.x] = 1 if found != 0 else 0
+
+
 @functools.cache  # built once per dtype and compile-time shape
 def _direct_kernels(T):
     return _build_direct(T)
@@ -240,6 +275,8 @@ def ptx_cases(T):
     Used by the tests to compile each kernel to PTX without a GPU (a missing bias is a
     zero-size array, so one signature covers both).
     """
+    from numba import types
+
     _, i, a1, a2, a4 = numba_arg_types(T)
     conv = (a4, a4, a1, a4) + (i,) * 7
     conv_gemm = (a4, a2, a1, a4) + (i,) * 9
@@ -256,7 +293,8 @@ def ptx_cases(T):
         ("conv2d_direct", d[0], conv),
         *((f"conv2d_grouped_kb{kb}{'_tail' * tail}", _grouped_kernel(T, kb, tail), conv_gemm)
           for kb in (2, 4, 8) for tail in (False, True)),
-        ("conv_transpose2d_direct", d[1], conv + (i, i)),
+        ("conv_transpose2d_direct", d[1], conv + (i, i, types.Array(types.int32, 1, "C"))),
+        ("nonfinite_blocks", nonfinite_blocks, (a1, types.Array(types.int32, 1, "C"))),
     ]
     return cases
 
@@ -294,19 +332,34 @@ def _build_direct(T):
                 acc = zero
                 for i in range(kH):
                     iy = iy0 + i * dH
-                    if iy >= 0 and iy < H:
-                        for j in range(kW):
-                            ix = ix0 + j * dW
-                            if ix >= 0 and ix < W:
-                                for c in range(Cg):
-                                    acc += x[n, cbase + c, iy, ix] * w[k, c, i, j]
+                    row_in = iy >= 0 and iy < H
+                    for j in range(kW):
+                        ix = ix0 + j * dW
+                        inside = row_in and ix >= 0 and ix < W
+                        for c in range(Cg):
+                            v = zero  # a padding zero is multiplied, not skipped: 0*inf = NaN
+                            if inside:
+                                v = x[n, cbase + c, iy, ix]
+                            acc += v * w[k, c, i, j]
                 if b.shape[0] != 0:
                     acc += b[k]
                 out[n, k, yo, xo] = acc
 
     @cuda.jit(cache=True)
-    def conv_transpose2d_direct(x, w, b, out, sH, sW, pH, pW, dH, dW, groups, stepI, stepJ):
-        """One thread per output element, visiting only the taps that land on it."""
+    def conv_transpose2d_direct(x, w, b, out, sH, sW, pH, pW, dH, dW, groups, stepI, stepJ,
+                                nonfinite):
+        """One thread per output element, visiting only the taps that land on it.
+
+        With ``nonfinite`` (the flags of :func:`nonfinite_blocks`, at most one per thread
+        of a block; zero-size: always runs) it is the exact pass after the GEMM and returns
+        at once unless a flag is set (block-uniform)."""
+        if nonfinite.shape[0] != 0:
+            t = cuda.threadIdx.x
+            flag = 0
+            if t < nonfinite.shape[0]:
+                flag = nonfinite[t]
+            if cuda.syncthreads_or(flag) == 0:
+                return
         H = x.shape[2]
         W = x.shape[3]
         Cg = x.shape[1] // groups
@@ -420,11 +473,12 @@ def _build_grouped(T, KB, TAIL):
                         iy = iy0 + i * dH
                         for j in range(kW):
                             ix = ix0 + j * dW
+                            v = zero  # a padding zero is multiplied too: 0 * inf = NaN
                             if iy >= 0 and iy < H and ix >= 0 and ix < W:
                                 v = x[u64(n), u64(cbase + c), u64(iy), u64(ix)]
-                                for kb in range(KB):
-                                    if not TAIL or kb < nk:
-                                        acc[kb] += v * w[u64(k0 + kb), u64(t)]
+                            for kb in range(KB):
+                                if not TAIL or kb < nk:
+                                    acc[kb] += v * w[u64(k0 + kb), u64(t)]
                             t += 1
                 for kb in range(KB):
                     if kb < nk:

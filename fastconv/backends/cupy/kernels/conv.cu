@@ -197,13 +197,14 @@ conv2d_direct(const T* __restrict__ x, const T* __restrict__ w, const T* __restr
                 const A* wc = ws + cl * kHW * KB;
                 for (int i = 0; i < kH; ++i) {
                     const int iy = iy0 + i * dH;
-                    if (!in_range(iy, H)) continue;
-                    const T* row = plane + (i64)iy * W;
+                    const bool row_in = in_range(iy, H);
+                    const T* row = plane + (i64)(row_in ? iy : 0) * W;
                     const A* wr = wc + i * kW * KB;
                     for (int j = 0; j < kW; ++j) {
                         const int ix = ix0 + j * dW;
-                        if (!in_range(ix, W)) continue;
-                        const A v = ld(row + ix);
+                        // a padding tap multiplies a zero (not skipped): 0 * inf = NaN, as
+                        // in the oracle and the GEMM path
+                        const A v = (row_in && in_range(ix, W)) ? ld(row + ix) : A(0);
                         const A* wt = wr + j * KB;
 #pragma unroll
                         for (int kb = 0; kb < KB; ++kb) acc[kb] += v * wt[kb];
@@ -337,11 +338,13 @@ conv2d_depthwise_direct(const T* __restrict__ x, const T* __restrict__ w,
         A acc = A(0);
         for (int i = 0; i < kH; ++i) {
             const int iy = iy0 + i * dH;
-            if (!in_range(iy, H)) continue;
-            const T* row = src + (i64)iy * W;
+            const bool row_in = in_range(iy, H);
+            const T* row = src + (i64)(row_in ? iy : 0) * W;
             for (int j = 0; j < kW; ++j) {
                 const int ix = ix0 + j * dW;
-                if (in_range(ix, W)) acc += ld(row + ix) * ld(wk + i * kW + j);
+                // padding is a zero that is multiplied (0 * inf = NaN, as in the oracle)
+                const A v = (row_in && in_range(ix, W)) ? ld(row + ix) : A(0);
+                acc += v * ld(wk + i * kW + j);
             }
         }
         out[idx] = from_acc<T>(acc + (has_bias ? ld(bias + k) : A(0)));
@@ -356,9 +359,20 @@ conv_transpose2d_direct(const T* __restrict__ x, const T* __restrict__ w,
                         const T* __restrict__ bias, T* __restrict__ out, int N, int C_in, int H,
                         int W, int C_out, int Ho, int Wo, int kH, int kW, int sH, int sW, int pH,
                         int pW, int dH, int dW, int groups, int has_bias, int stepH, int stepW,
-                        int CB) {
+                        int CB, const int* __restrict__ nonfinite, int guard_blocks) {
     typedef typename Acc<T>::type A;
     FC_DYNAMIC_SMEM(A, ws);  // [CB][kH][kW][KB]
+
+    if (guard_blocks > 0) {
+        // the exact pass after the phase GEMM (conv_transpose2d_exact_if_nonfinite): runs
+        // only where nonfinite_blocks found an inf/NaN weight (block-uniform exit)
+        __shared__ int found;
+        if (threadIdx.x == 0) found = 0;
+        __syncthreads();
+        if ((int)threadIdx.x < guard_blocks && nonfinite[threadIdx.x]) found = 1;
+        __syncthreads();
+        if (!found) return;
+    }
 
     const int kHW = kH * kW;
     const int Cg = C_in / groups, Kg = C_out / groups;  // weight is (C_in, Kg, kH, kW)
@@ -442,6 +456,32 @@ conv_transpose2d_direct(const T* __restrict__ x, const T* __restrict__ w,
             }
         }
     }
+}
+
+// ------------------------------------------------------------------ non-finite weights
+
+// Whether block b's share of the n values of w (b * blockDim.x + thread, strided by the
+// grid) holds an inf or NaN: nonfinite[b] = 1 or 0.  Every block writes its entry, so the
+// buffer needs no clearing.  The phase GEMM multiplies the zeros outside the image (its
+// B tile is zero-filled), where the oracle's scatter multiplies only real inputs: the same
+// unless a weight is infinite or NaN (0 * inf = NaN).  So after the GEMM these flags guard
+// an exact pass of conv_transpose2d_direct that runs only where a weight is not finite.
+template <typename T>
+__global__ void __launch_bounds__(256)
+nonfinite_blocks(const T* __restrict__ w, i64 n, int* __restrict__ nonfinite) {
+    typedef typename Acc<T>::type A;
+    __shared__ int found;
+    if (threadIdx.x == 0) found = 0;
+    __syncthreads();
+    bool mine = false;
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (i64)gridDim.x * blockDim.x) {
+        const A v = ld(w + i);
+        mine |= !(v - v == A(0));  // inf - inf and NaN - NaN are NaN
+    }
+    if (mine) found = 1;  // every writer writes 1
+    __syncthreads();
+    if (threadIdx.x == 0) nonfinite[blockIdx.x] = found;
 }
 
 // ------------------------------------------------------------------ conv_transpose2d: GEMM
