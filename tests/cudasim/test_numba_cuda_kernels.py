@@ -842,6 +842,9 @@ def test_small_launch_settings_are_in_effect():
     )
 
 
+# the case generator puts an inf in the weights 1 time in 10: the simulator's NumPy scalars
+# warn on its 0 * inf over padding (NaN, as in the oracle)
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("op", sorted(RANDOM))
 def test_public_api_random_cases(op, dtype):
