@@ -364,14 +364,17 @@ conv_transpose2d_direct(const T* __restrict__ x, const T* __restrict__ w,
     FC_DYNAMIC_SMEM(A, ws);  // [CB][kH][kW][KB]
 
     if (guard_blocks > 0) {
-        // the exact pass after the phase GEMM (conv_transpose2d_exact_if_nonfinite): runs
-        // only where nonfinite_blocks found an inf/NaN weight (block-uniform exit)
-        __shared__ int found;
-        if (threadIdx.x == 0) found = 0;
+        // the exact pass after the phase GEMM (exact_if_nonfinite): runs only where
+        // nonfinite_blocks found an inf/NaN weight (block-uniform exit).  The flag lives in
+        // ws[0], not in a static __shared__ variable: the launcher gives ws up to the whole
+        // 48 KiB a block may have without opting in, so any static byte would fail the
+        // launch.  Every thread reads it before the first barrier of the loop below, after
+        // which ws is staged over.
+        if (threadIdx.x == 0) ws[0] = A(0);
         __syncthreads();
-        if ((int)threadIdx.x < guard_blocks && nonfinite[threadIdx.x]) found = 1;
+        if ((int)threadIdx.x < guard_blocks && nonfinite[threadIdx.x]) ws[0] = A(1);
         __syncthreads();
-        if (!found) return;
+        if (ws[0] == A(0)) return;
     }
 
     const int kHW = kH * kW;
