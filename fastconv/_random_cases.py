@@ -63,6 +63,17 @@ def _data(rng, shape, dtype, pick, nan_ok=True, inf_ok=False) -> np.ndarray:
     return _layout(a, pick)
 
 
+def with_infinite_taps(weight: np.ndarray) -> np.ndarray:
+    """A copy of a conv weight with +inf at its first tap ``[0, 0, 0, 0]`` and -inf at its
+    last ``[-1, -1, -1, -1]``: top-left and bottom-right taps, which reach the zero padding
+    (or, transposed, the outside of the image) in some outputs.  The GPU kernel-path tests
+    use it to check the backends' non-finite weight rule against the oracle."""
+    weight = weight.copy()
+    weight[0, 0, 0, 0] = np.inf
+    weight[-1, -1, -1, -1] = -np.inf
+    return weight
+
+
 def conv2d_case(pick, rng, dtype) -> Case:
     groups, cpg, copg = pick(1, 3), pick(1, 3), pick(1, 3)
     kh, kw = pick(1, 4), pick(1, 4)

@@ -13,6 +13,7 @@ import pytest
 from numba import cuda
 
 from fastconv import reference
+from fastconv._random_cases import with_infinite_taps
 from fastconv.backends import numba_cuda as backend
 
 DTYPES = [np.float32, np.float64]
@@ -381,16 +382,6 @@ def test_deform_conv2d_nan_offset():
 # ----------------------------------------------------------------------------- inf weights
 
 
-def with_infinite_taps(w):
-    """+inf at the first output channel's top-left tap, -inf at the last one's bottom-right
-    tap (conv_transpose2d: of the first / last input channel): taps that reach the zero
-    padding, or (transposed) the outside of the image, in some outputs."""
-    w = w.copy()
-    w[0, 0, 0, 0] = np.inf
-    w[-1, -1, -1, -1] = -np.inf
-    return w
-
-
 ONE = (1, 1)
 #: (op, input shape, weight shape, stride, padding, dilation, groups)
 INFINITE_WEIGHT_CASES = [
@@ -415,7 +406,7 @@ def test_infinite_weights_propagate_as_in_the_oracle(dtype, path, launched):
     rng = np.random.default_rng(11)
     for op, xs, ws, s, p, d, g in INFINITE_WEIGHT_CASES:
         x = data(rng, xs, dtype)
-        w = with_infinite_taps(data(rng, ws, dtype))
+        w = with_infinite_taps(data(rng, ws, dtype))  # +inf first tap, -inf last
         params = dict(stride=s, padding=p, dilation=d, groups=g)
         if op == "conv_transpose2d":
             out_hw = tuple((n - 1) * s_ - 2 * p_ + d_ * (k - 1) + 1

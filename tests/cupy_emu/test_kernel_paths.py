@@ -297,15 +297,6 @@ def test_every_instantiation_matches_oracle(dtype):
     assert not wanted - ran, f"never launched: {sorted(wanted - ran)}"
 
 
-def _with_infinite_taps(weight):
-    """A copy of ``weight`` with +inf at the first output channel's top-left tap and -inf
-    at the last one's bottom-right tap: taps that reach the zero padding in some outputs."""
-    weight = weight.copy()
-    weight[0, 0, 0, 0] = np.inf
-    weight[-1, -1, -1, -1] = -np.inf
-    return weight
-
-
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # 0 * inf
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_every_weighted_path_propagates_infinite_weights_as_the_oracle(dtype):
@@ -323,7 +314,7 @@ def test_every_weighted_path_propagates_infinite_weights_as_the_oracle(dtype):
         op, arrays, params = make(rng, dtype)
         if "weight" not in arrays:
             continue
-        arrays["weight"] = _with_infinite_taps(arrays["weight"])
+        arrays["weight"] = _random_cases.with_infinite_taps(arrays["weight"])
         out = _run_with(settings_, op, arrays, params)
         ref = getattr(reference, op)(**arrays, **params)
         assert not np.isfinite(ref).all(), label

@@ -212,7 +212,8 @@ def exact_if_nonfinite(x, weight, bias, out, stride, padding, dilation, groups, 
     inf/NaN weight the GEMM would give NaN where the oracle does not.  Nothing is
     launched where the gathering kernel cannot take the taps (over its shared memory).
     """
-    if math.prod(weight.shape) == 0:  # no input channels: no weight to be inf/NaN
+    n = math.prod(weight.shape)
+    if n == 0:  # no input channels: no weight to be inf/NaN
         return []
     try:
         name, grid, smem, scalars, _ = _conv_transpose2d_config(
@@ -220,12 +221,12 @@ def exact_if_nonfinite(x, weight, bias, out, stride, padding, dilation, groups, 
             groups, x.dtype.char, max_blocks)
     except ValueError:
         return []
-    blocks = max(1, min(NONFINITE_MAX_BLOCKS, -(-math.prod(weight.shape) // (8 * BLOCK))))
+    blocks = max(1, min(NONFINITE_MAX_BLOCKS, -(-n // (8 * BLOCK))))
     flags = (empty((blocks,), np.int32) if empty is not None
              else _module.placeholder(np.int32, empty))
     args = (x, weight, weight if bias is None else bias, out) + scalars
     return [(expr("nonfinite_blocks", CTYPES[x.dtype]), blocks, BLOCK, 0,
-             (weight, np.int64(math.prod(weight.shape)), flags)),
+             (weight, np.int64(n), flags)),
             (name, grid, BLOCK, smem, args + (flags, _I32(blocks)))]
 
 
