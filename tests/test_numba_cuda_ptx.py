@@ -177,9 +177,10 @@ def device_array_without_memory(shape, dtype=np.float32):
     return DeviceNDArray(shape=shape, strides=strides, dtype=dtype, gpu_data=object())
 
 
-def test_weight_rows_is_memoised_per_array_and_dies_with_it():
-    """conv2d's GEMM takes the weight as (K, Cg*kH*kW) rows: a view (same memory), made once
-    per weight array, whose cache entry goes with the array."""
+def test_weight_views_are_memoised_per_array_and_shape_and_die_with_the_array():
+    """conv2d's GEMM takes the weight as (K, Cg*kH*kW) rows and the exact transposed pass's
+    flag scan as one flat row: views (same memory), made once per (weight array, shape),
+    whose cache entries go with the array."""
     from fastconv.backends.numba_cuda import _launch
 
     w = device_array_without_memory((6, 2, 3, 3))
@@ -187,9 +188,12 @@ def test_weight_rows_is_memoised_per_array_and_dies_with_it():
     assert rows.shape == (6, 18) and rows.strides == (72, 4)
     assert rows.gpu_data is w.gpu_data  # a view, not a copy
     assert _launch.weight_rows(w) is rows  # made once per array
+    flat = _launch.memo_view(w, (108,))
+    assert flat.shape == (108,) and flat.gpu_data is w.gpu_data
+    assert _launch.memo_view(w, (108,)) is flat and _launch.weight_rows(w) is rows
     other = device_array_without_memory((6, 2, 3, 3))
     assert _launch.weight_rows(other) is not rows
-    before = len(_launch._rows_cache)
-    del w, rows
+    before = len(_launch._views_cache)
+    del w, rows, flat
     gc.collect()
-    assert len(_launch._rows_cache) == before - 1
+    assert len(_launch._views_cache) == before - 1

@@ -435,6 +435,46 @@ def test_infinite_weights_propagate_as_in_the_oracle(dtype, path, launched):
     assert conv_kernels <= set(launched), sorted(set(launched))
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # 0 * inf
+@pytest.mark.parametrize("path", ["gemm"], indirect=True)
+def test_the_exact_pass_flags_are_kept_per_stream_and_rewritten_each_call(path):
+    """After a transposed GEMM the flag buffer is reused call after call (no allocation)
+    and rewritten each time: a finite weight after an infinite one, and the reverse, each
+    leave the flags that describe them and give the oracle."""
+    from fastconv.backends.numba_cuda import _launch
+
+    rng = np.random.default_rng(5)
+    x = data(rng, (1, 4, 4, 5), np.float64)
+    finite = data(rng, (4, 3, 4, 4), np.float64)
+    infinite = with_infinite_taps(finite)
+    params = dict(stride=(2, 2), padding=(1, 1), dilation=(1, 1), groups=1)
+    _launch._scratch_cache.clear()
+    for w in (finite, infinite, finite, infinite):
+        got = call(backend.conv_transpose2d, x, w, None, **params, out_hw=(8, 10))
+        ref = reference.conv_transpose2d(x, w, None, **params)
+        assert np.isfinite(ref).all() == (w is finite)
+        assert rel_err(got, ref) <= TOL[np.float64]
+        (flags,) = _launch._scratch_cache.values()  # one buffer, rewritten by every call
+        assert flags.copy_to_host().any() == (w is infinite)
+
+
+def test_stream_scratch_is_one_buffer_per_stream_thread_and_size():
+    import threading
+
+    from fastconv.backends.numba_cuda import _launch
+
+    a = _launch.stream_scratch(3, np.int32, 0)
+    assert a.shape == (3,) and a.dtype == np.int32
+    assert _launch.stream_scratch(3, np.int32, 0) is a
+    assert _launch.stream_scratch(4, np.int32, 0) is not a
+    assert _launch.stream_scratch(3, np.int32, (0, 1234)) is not a
+    other = []
+    t = threading.Thread(target=lambda: other.append(_launch.stream_scratch(3, np.int32, 0)))
+    t.start()
+    t.join()
+    assert other[0] is not a  # the per-thread default stream differs between threads
+
+
 # ----------------------------------------------------------------------------- roi ops
 
 

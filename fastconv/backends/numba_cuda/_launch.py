@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import threading
 import warnings
 import weakref
 from dataclasses import dataclass, fields, replace
@@ -297,29 +298,58 @@ def absent(array, dtype, ndim: int):
     return a
 
 
-_rows_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_views_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def weight_rows(weight):
-    """``weight`` (C-contiguous, ``(K, ...)``) viewed as ``(K, rest)`` rows, memoised per array.
+def memo_view(array, shape: tuple):
+    """``array.reshape(shape)`` (C-contiguous ``array``), memoised per (array, shape).
 
     Making a ``DeviceNDArray`` view costs 3.2-4.4 us on the host (numba-cuda 0.30.4, the
     dev VM; a cache hit 0.15 us), and a layer passes the same weight array call after call.  The
     cache holds the arrays weakly (an entry goes with its array) and the views share the
-    weight's memory, so writes to the weight are seen.  Arrays that take no weak reference
-    get a fresh view.
+    array's memory, so writes to it are seen.  Arrays that take no weak reference get a
+    fresh view.
     """
     try:
-        view = _rows_cache.get(weight)
+        views = _views_cache.get(array)
     except TypeError:  # not weakly referenceable
-        view = None
+        return array.reshape(*shape)
+    if views is None:
+        views = _views_cache[array] = {}
+    view = views.get(shape)
     if view is None:
-        view = weight.reshape(weight.shape[0], weight.size // max(weight.shape[0], 1))
-        try:
-            _rows_cache[weight] = view
-        except TypeError:
-            pass
+        view = views[shape] = array.reshape(*shape)
     return view
+
+
+def weight_rows(weight):
+    """``weight`` (C-contiguous, ``(K, ...)``) viewed as ``(K, rest)`` rows (:func:`memo_view`)."""
+    return memo_view(weight, (weight.shape[0], weight.size // max(weight.shape[0], 1)))
+
+
+_scratch_cache: dict = {}
+
+
+def stream_scratch(n: int, dtype, stream_key):
+    """A device array of ``n`` elements of ``dtype`` for work on the launch stream only.
+
+    Small per-call buffers (the exact transposed pass's flags) would otherwise be a
+    ``cudaMalloc`` each call: numba's default allocator keeps no pool.  Work on one stream
+    runs in order, so a buffer kept per (device, stream, host thread) can serve call after
+    call: a call's writes come after the previous call's reads.  The host thread is part
+    of the key because the per-thread default stream is a different stream in each thread.
+    The contents are undefined: the caller's first kernel must write what the next reads.
+    """
+    # a CuPy stream's key names its device; numba's default stream is the current context's
+    device = getattr(cuda.current_context().device, "id", 0) if stream_key == 0 else None
+    key = (device, stream_key, threading.get_ident(), np.dtype(dtype), n)
+    buf = _scratch_cache.get(key)
+    if buf is None:
+        if len(_scratch_cache) > 256:
+            # dropping a buffer is safe: freeing device memory waits for the work using it
+            _scratch_cache.clear()
+        buf = _scratch_cache[key] = cuda.device_array((n,), dtype=dtype)
+    return buf
 
 
 def scalar(dtype, value):

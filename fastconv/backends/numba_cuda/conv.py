@@ -65,9 +65,11 @@ from ._launch import (
     grid_2d,
     grid_tiles,
     launch,
+    memo_view,
     numba_arg_types,
     path_tiles,
     settings,
+    stream_scratch,
     weight_rows,
 )
 
@@ -167,9 +169,9 @@ def conv_transpose2d(x, weight, bias, *, stride, padding, dilation, groups, out_
             # scatter) only real inputs: the same unless a weight is inf/NaN (0 * inf =
             # NaN), so an exact pass follows that runs only where one is (no sync)
             blocks = max(1, min(block, cdiv(weight.size, 8 * block)))
-            flags = empty((blocks,), np.int32)
+            flags = stream_scratch(blocks, np.int32, stream_key)
             launch(nonfinite_blocks, (blocks,), block, stream_key, stream,
-                   weight.reshape(weight.size), flags)
+                   memo_view(weight, (weight.size,)), flags)
             launch(direct, direct_grid, block, stream_key, stream, *args, flags)
 
     autotune.run("conv_transpose2d", lambda: (x.shape, weight.shape, has_bias, stride, padding,
