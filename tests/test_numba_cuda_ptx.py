@@ -8,15 +8,30 @@ inlined (no calls), and float32 kernels do no float64 arithmetic.
 The host-side view helper of the GEMMs is tested here too, on real ``DeviceNDArray``
 objects (which the simulator does not make; no device memory is needed).
 
+What is launched is what is compiled here.  The CUDA simulator runs a kernel's Python
+source and ignores argument types, so it cannot see what a real GPU does at launch: numba
+types every argument (``typeof``) and compiles a specialisation for exactly those types.  A
+Python ``float`` where the kernel computes in float32, an ``int32`` where the rest are
+``int64``, or a layout nobody compiled, would give a specialisation that the tests above
+never compiled (for spills, float64 arithmetic in a float32 kernel, or a typing error).
+So the public functions run here for real on device arrays without memory, up to the
+launch: every launch is recorded instead of made, and its argument types must be one of
+the signatures its module's ``ptx_cases`` gives the tests above.  Every kernel of the five
+modules must be launched at least once, so the calls reach them all.  Launch geometry is
+checked too: block and grid within the hardware's limits, and dynamic shared memory
+within the 48 KiB a kernel gets without opting in.
+
 numba.cuda is imported inside the tests only, so collecting this file does not import it.
 """
 
+import contextlib
 import functools
 import gc
 import importlib
 import importlib.util
 import os
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -46,6 +61,20 @@ def compiled_ptx(module: str, dtype_name: str, cc: tuple) -> tuple:
                  for name, kernel, argtypes in mod.ptx_cases(np.dtype(dtype_name).type))
 
 
+def float64_arithmetic(ptx: str) -> list:
+    """The PTX instructions that compute in float64: every ``.f64`` instruction but the
+    loads, stores, moves and conversions that a float32 kernel reading float64 data (the RoI
+    boxes' conversion) needs, and the register declarations those take."""
+    found = []
+    for line in ptx.splitlines():
+        line = line.strip()
+        if not re.search(r"\.f64\b", line) or line.startswith((".reg", "//")):
+            continue
+        if not re.match(r"(@!?%p\d+\s+)?(ld|st|mov|cvt)\.", line):
+            found.append(line)
+    return found
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("module", MODULES)
 def test_kernels_compile_to_ptx(module, dtype):
@@ -59,9 +88,24 @@ def test_kernels_compile_to_ptx(module, dtype):
             problems.append(f"{name}: uses local memory (a register tile spilled)")
         if re.search(r"\bcall(\.uni)?\b", ptx):
             problems.append(f"{name}: calls a function (a device function was not inlined)")
-        if dtype == np.float32 and re.search(r"\.f64\b", ptx):
-            problems.append(f"{name}: float64 arithmetic in a float32 kernel")
+        if dtype == np.float32 and float64_arithmetic(ptx):
+            problems.append(f"{name}: float64 arithmetic in a float32 kernel: "
+                            f"{float64_arithmetic(ptx)[:3]}")
     assert not problems, "\n".join(problems)
+
+
+def test_float64_arithmetic_is_told_from_float64_data():
+    ptx = """
+    .reg .f64 %fd<3>;
+    ld.global.f64 %fd1, [%rd4];
+    cvt.rn.f32.f64 %f1, %fd1;
+    @%p1 st.global.f64 [%rd5], %fd1;
+    mov.f64 %fd2, %fd1;
+    fma.rn.f32 %f2, %f1, %f1, %f1;
+    """
+    assert float64_arithmetic(ptx) == []
+    assert float64_arithmetic(ptx + "add.f64 %fd2, %fd1, %fd1;") == ["add.f64 %fd2, %fd1, %fd1;"]
+    assert float64_arithmetic(ptx + "@!%p2 setp.lt.f64 %p3, %fd1, %fd2;") != []
 
 
 def test_every_kernel_is_covered():
@@ -169,21 +213,13 @@ def test_depthwise_runs_four_blocks_per_sm(arch):
         assert blocks >= 4, f"conv2d_depthwise {dtype} {arch}: {u['registers']} registers"
 
 
-def device_array_without_memory(shape, dtype=np.float32):
-    """A DeviceNDArray over a stand-in pointer: enough for shapes and views, never for a launch."""
-    from numba.cuda.cudadrv.devicearray import DeviceNDArray
-
-    strides = np.empty(shape, dtype).strides
-    return DeviceNDArray(shape=shape, strides=strides, dtype=dtype, gpu_data=object())
-
-
 def test_weight_views_are_memoised_per_array_and_shape_and_die_with_the_array():
     """conv2d's GEMM takes the weight as (K, Cg*kH*kW) rows and the exact transposed pass's
     flag scan as one flat row: views (same memory), made once per (weight array, shape),
     whose cache entries go with the array."""
     from fastconv.backends.numba_cuda import _launch
 
-    w = device_array_without_memory((6, 2, 3, 3))
+    w = fake_device_array((6, 2, 3, 3), np.float32)
     rows = _launch.weight_rows(w)
     assert rows.shape == (6, 18) and rows.strides == (72, 4)
     assert rows.gpu_data is w.gpu_data  # a view, not a copy
@@ -191,9 +227,224 @@ def test_weight_views_are_memoised_per_array_and_shape_and_die_with_the_array():
     flat = _launch.memo_view(w, (108,))
     assert flat.shape == (108,) and flat.gpu_data is w.gpu_data
     assert _launch.memo_view(w, (108,)) is flat and _launch.weight_rows(w) is rows
-    other = device_array_without_memory((6, 2, 3, 3))
+    other = fake_device_array((6, 2, 3, 3), np.float32)
     assert _launch.weight_rows(other) is not rows
     before = len(_launch._views_cache)
     del w, rows, flat
     gc.collect()
     assert len(_launch._views_cache) == before - 1
+
+
+# ------------------------------------------------- what is launched is what is compiled
+
+SHARED_WITHOUT_OPT_IN = 48 * 1024
+
+
+@functools.cache
+def _no_memory_array_type():
+    from numba.cuda.cudadrv import devicearray
+
+    class NoMemoryArray(devicearray.DeviceNDArray):
+        """A numba device array without device memory; reading it back gives zeros."""
+
+        def copy_to_host(self, ary=None, stream=0):
+            return np.zeros(self.shape, self.dtype)
+
+    # fastconv tells numba arrays by their module, as it does the real ones
+    NoMemoryArray.__module__ = devicearray.__name__
+    return NoMemoryArray
+
+
+class _NoMemory:
+    """``gpu_data`` of a :func:`fake_device_array`: views of it are itself."""
+
+    def view(self, *_):
+        return self
+
+
+def fake_device_array(shape, dtype=np.float64, *, every_other_row=False, **_):
+    """A ``DeviceNDArray`` with shape, strides and views but no device memory (slicing
+    needs the ``launches`` fixture, which stands in for the CUDA context);
+    ``every_other_row`` makes it strided, as ``a[::2]``.  Reading it back gives zeros (the
+    RoI box check and the min/max reduction read 4-byte results)."""
+    from numba.cuda.cudadrv import devicearray
+
+    cls = _no_memory_array_type()
+    shape = (shape,) if np.isscalar(shape) else tuple(shape)
+    strides = np.empty(shape, dtype).strides
+    if every_other_row:
+        strides = (2 * strides[0],) + strides[1:]
+    if 0 in shape:  # the null pointer of a zero-size array names its context
+        real = devicearray.devices.get_context
+        devicearray.devices.get_context = lambda *a: SimpleNamespace()
+        try:
+            return cls(shape=shape, strides=strides, dtype=dtype)
+        finally:
+            devicearray.devices.get_context = real
+    return cls(shape=shape, strides=strides, dtype=dtype, gpu_data=_NoMemory())
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """``[(module, kernel, grid, block, shared, args)]`` of every launch the backend asks for,
+    none of them made; allocations and uploads give arrays without memory, and the public
+    functions take those for numba arrays on the one GPU."""
+    import importlib
+
+    from numba import cuda
+    from numba.cuda.cudadrv import devices
+
+    from fastconv import _dispatch
+    from fastconv.backends import numba_cuda as backend
+    from fastconv.backends.numba_cuda import _launch
+
+    monkeypatch.setattr(cuda, "device_array", fake_device_array)
+    monkeypatch.setattr(cuda, "to_device", lambda a, *_, **__: fake_device_array(a.shape, a.dtype))
+    monkeypatch.setattr(cuda, "current_context",
+                        lambda *a: SimpleNamespace(device=SimpleNamespace(id=0)))
+    monkeypatch.setattr(devices._runtime, "ensure_context", contextlib.nullcontext)
+    monkeypatch.setattr(backend, "_n_gpus", 1)
+    monkeypatch.setitem(_dispatch._ready, "numba_cuda", backend)  # no driver to ask
+    # the stand-ins and scratch buffers made here must not outlive the test
+    monkeypatch.setattr(_launch, "_absent_cache", {})
+    monkeypatch.setattr(_launch, "_scratch_cache", {})
+    recorded = []
+    for name in MODULES:
+        mod = importlib.import_module(f"fastconv.backends.numba_cuda.{name}")
+
+        def record(kernel, grid, block, stream_key, stream, *args, shared=0, _mod=name):
+            recorded.append((_mod, kernel, grid, block, shared, args))
+
+        monkeypatch.setattr(mod, "launch", record)
+    return recorded
+
+
+def _op_calls(dt):
+    """``(function, args, kwargs)`` through the public API, reaching every kernel of the five
+    ops.  Sizes are free (nothing is allocated), so the wide GEMM tiles get their blocks.
+    Parameters come as users write them, numpy scalars included."""
+    import fastconv
+
+    a = fake_device_array
+    calls = []
+    # conv2d: direct (1 output channel per group), depthwise, grouped KB 2/4/8 and their
+    # tails, the narrow and the wide GEMM tiles; with and without a bias
+    for c_in, k, g, hw in [(4, 2, 2, 9), (3, 6, 3, 9), (4, 4, 2, 9), (3, 3, 1, 9),
+                           (4, 8, 2, 9), (4, 5, 1, 9), (4, 8, 1, 9), (4, 9, 1, 9),
+                           (8, 16, 1, 9), (8, 64, 1, 96)]:
+        for bias in (None, a((k,), dt)):
+            calls.append((fastconv.conv2d, (a((1, c_in, hw, hw), dt), a((k, c_in // g, 3, 3), dt),
+                                            bias), dict(padding=np.int64(1), groups=g)))
+    # conv_transpose2d: direct, then narrow and wide GEMMs (each followed by the guarded pass)
+    for c_in, kg, hw in [(4, 3, 5), (8, 16, 5), (64, 64, 64)]:
+        for bias in (None, a((kg,), dt)):
+            calls.append((fastconv.conv_transpose2d,
+                          (a((1, c_in, hw, hw), dt), a((c_in, kg, 4, 4), dt), bias),
+                          dict(stride=np.int32(2), padding=1)))
+    # deform_conv2d, DCNv1 and v2: direct, narrow and wide GEMMs
+    for c_in, k, hw in [(2, 3, 6), (8, 16, 6), (8, 64, 96)]:
+        for mask, bias in [(None, None), (a((1, 9, hw, hw), dt), a((k,), dt))]:
+            calls.append((fastconv.deform_conv2d,
+                          (a((1, c_in, hw, hw), dt), a((1, 18, hw, hw), dt),
+                           a((k, c_in, 3, 3), dt)), dict(bias=bias, mask=mask, padding=(1, 1))))
+    # RoI ops with the box check; the list form from integer boxes, boxes of another dtype
+    x = a((2, 5, 9, 9), dt)
+    for boxes in (a((7, 5), dt), [a((3, 4), np.int64, every_other_row=True), a((4, 4), np.int64)],
+                  a((7, 5), np.float64 if dt == np.float32 else np.float32)):
+        calls.append((fastconv.roi_align, (x, boxes, (2, 3)),
+                      dict(spatial_scale=np.float32(0.5), sampling_ratio=2, aligned=True)))
+        calls.append((fastconv.roi_pool, (x, boxes, np.int64(2)), dict(spatial_scale=0.5)))
+    return calls
+
+
+def _image_calls(dt):
+    """The image toolkit and upsampling, reaching every resample kernel, and contiguous
+    copies of strided arrays of every rank."""
+    import fastconv
+    import fastconv.image as fi
+
+    a = fake_device_array
+    gray, rgb = a((16, 20), dt), a((16, 20, 3), np.uint8)
+    x = a((1, 3, 8, 10), dt)
+    return [
+        (fastconv.upsample, (x,), dict(scale_factor=2, mode="nearest")),
+        (fastconv.upsample, (x,), dict(scale_factor=2, mode="bilinear")),
+        (fi.correlate, (gray, np.ones((3, 3))), dict(dilation=2)),
+        (fi.correlate, (rgb, np.ones((3, 3))), dict(channel_axis=-1)),
+        (fi.pyramid_laplacian, (gray, 2), {}),
+        # a cval outside the image's range (zeros here) is clipped away after the resize
+        (fi.pyramid_expand, (gray,), dict(mode="constant", cval=5.0)),
+        (fi.atrous_wavelet, (rgb, 2), dict(channel_axis=-1)),
+        # a strided input is copied to a contiguous one first
+        (fastconv.conv2d, (a((2, 3, 8, 10), dt, every_other_row=True), a((4, 3, 3, 3), dt)), {}),
+    ]
+
+
+def _covers(checked, launched) -> bool:
+    """Whether the checked signature compiles the launched one: equal types, or a layout
+    "A" array where the launch passes a C- or F-contiguous one of the same dtype and rank."""
+    from numba import types
+
+    if len(checked) != len(launched):
+        return False
+    for c, t in zip(checked, launched, strict=True):
+        if c == t:
+            continue
+        if not (isinstance(c, types.Array) and isinstance(t, types.Array) and c.layout == "A"
+                and c.dtype == t.dtype and c.ndim == t.ndim):
+            return False
+    return True
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # zeros read back for min/max
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_every_launch_uses_a_signature_the_ptx_tests_compile(launches, dtype):
+    import importlib
+
+    from fastconv.backends.numba_cuda import _launch
+
+    from fastconv.backends import numba_cuda as backend
+
+    for fn, args, kwargs in _op_calls(dtype) + _image_calls(dtype):
+        fn(*args, **kwargs, backend="numba_cuda")
+    for shape in [(8,), (8, 3), (8, 3, 4)]:  # the other ranks of the backend's copy
+        backend.ascontiguous(fake_device_array(shape, dtype, every_other_row=True))
+    # roi_align with every channels-per-thread that autotuning may choose
+    old = _launch.settings.roi_channels_per_thread
+    try:
+        for cpt in (1, 2, 8):
+            _launch.configure(roi_channels_per_thread=cpt)
+            fn, args, kwargs = _op_calls(dtype)[-2]
+            fn(*args, **kwargs, backend="numba_cuda")
+    finally:
+        _launch.configure(roi_channels_per_thread=old)
+
+    # the image toolkit computes in float64 for integer images, whatever ``dtype`` is here
+    checked = {}
+    for name in MODULES:
+        mod = importlib.import_module(f"fastconv.backends.numba_cuda.{name}")
+        for T in (np.float32, np.float64):
+            for _, kernel, argtypes in mod.ptx_cases(T):
+                checked.setdefault(id(kernel), []).append(tuple(argtypes))
+    problems, names = [], set()
+    for module, kernel, grid, block, shared, args in launches:
+        name = kernel.py_func.__name__
+        names.add((module, name))
+        sig = tuple(kernel.typeof_pyval(v) for v in args)
+        if not any(_covers(c, sig) for c in checked.get(id(kernel), [])):
+            problems.append(f"{module}.{name} launched with {sig}, which no ptx_cases entry "
+                            f"compiles (checked: {checked.get(id(kernel))})")
+        grid = (grid,) if np.isscalar(grid) else tuple(grid)
+        limits = _launch._HW_MAX_GRID[:len(grid)]
+        if not (1 <= block <= 1024 and len(grid) <= 3
+                and all(1 <= g <= m for g, m in zip(grid, limits, strict=True))):
+            problems.append(f"{module}.{name}: grid {grid} x block {block}")
+        if not 0 <= shared <= SHARED_WITHOUT_OPT_IN:
+            problems.append(f"{module}.{name}: {shared} bytes of dynamic shared memory")
+    assert not problems, "\n".join(sorted(set(problems)))
+
+    for name in MODULES:
+        mod = importlib.import_module(f"fastconv.backends.numba_cuda.{name}")
+        defined = {k.py_func.__name__ for _, k, _ in mod.ptx_cases(dtype)}
+        launched = {n for m, n in names if m == name}
+        assert defined <= launched, f"{name}: no call here launches {defined - launched}"

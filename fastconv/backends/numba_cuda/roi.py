@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import math
 
+import numba
 import numpy as np
 from numba import cuda, types
 
@@ -160,8 +161,11 @@ def ptx_cases(T):
         ("roi_pool", _pool_kernel(T), (a4, a2, a4, f)),
         ("roi_count_bad_boxes", _check_kernel(T),
          (a2, f, types.Array(types.int32, 1, "C"))),
-        # integer list-form boxes (any layout) into T boxes: a conversion, no float64 math
-        ("roi_copy_boxes", roi_copy_boxes, (types.Array(types.int64, 2, "A"), a2, i, i)),
+        # boxes into T boxes (any layout): the list form's parts, often integers, and (K, 5)
+        # boxes of the other float dtype; a conversion, no float64 arithmetic
+        *((f"roi_copy_boxes_from_{np.dtype(src).name}", roi_copy_boxes,
+           (types.Array(numba.from_dtype(np.dtype(src)), 2, "A"), a2, i, i))
+          for src in (np.int32, np.int64, np.float32, np.float64)),
     ]
 
 
