@@ -58,6 +58,9 @@ MAX_BLOCKS = 3
 #: (name expression) -> number of launches
 LAUNCHED: dict[str, int] = {}
 
+#: dynamic shared memory a launch may ask for without the kernel's opt-in attribute
+SHARED_WITHOUT_OPT_IN = 48 * 1024
+
 _ARRAY_CODES = {
     np.dtype(np.float16): "f2",
     np.dtype(np.float32): "f4",
@@ -203,6 +206,11 @@ class EmulatedKernel:
         if len(grid) not in (1, 2) or len(block) != 1:
             raise ValueError(f"{self.name}: the kernels use 1-D blocks and 1-D or 2-D grids, "
                              f"launched with {grid} x {block}")
+        if shared_mem > SHARED_WITHOUT_OPT_IN:
+            # a GPU refuses the launch unless the kernel's max_dynamic_shared_size_bytes
+            # attribute was raised first, which fastconv never does
+            raise ValueError(f"{self.name}: {shared_mem} bytes of dynamic shared memory, over "
+                             f"the {SHARED_WITHOUT_OPT_IN} a kernel gets without opting in")
         grid_x, grid_y = (tuple(grid) + (1,))[:2]
         codes, holders = [], []
         for i, a in enumerate(args):

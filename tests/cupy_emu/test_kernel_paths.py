@@ -449,6 +449,18 @@ def test_python_scalars_are_refused():
                         np.int32(1), np.int32(1), np.float32(1)))
 
 
+def test_dynamic_shared_memory_over_48_kib_is_refused():
+    """As on a GPU, where more needs the kernel's opt-in attribute (never set by fastconv)."""
+    k = emulator.kernel("fc::roi_pool<float, 1, false>")
+    x = np.zeros((1, 1, 2, 2), np.float32)
+    rois = np.zeros((1, 5), np.float32)
+    out = np.zeros((1, 1, 1, 1), np.float32)
+    args = (x, rois, out, *(np.int32(v) for v in (1, 1, 1, 2, 2, 1, 1)), np.float32(1))
+    k((1,), (32,), args, shared_mem=48 * 1024)
+    with pytest.raises(ValueError, match="without opting in"):
+        k((1,), (32,), args, shared_mem=48 * 1024 + 1)
+
+
 def test_argument_types_are_checked_against_the_kernel():
     k = emulator.kernel("fc::roi_pool<float, 1, false>")
     x = np.zeros((1, 1, 2, 2), np.float32)
