@@ -60,6 +60,35 @@ def data(rng, shape, dtype, nan=False):
     return a
 
 
+# ----------------------------------------------------------------------------- the simulator
+
+
+@pytest.mark.parametrize("memory", ["global", "shared", "local"])
+def test_negative_indices_are_refused_as_out_of_bounds(memory):
+    """numpy would wrap ``a[-1]`` to the last element where a GPU reads outside the array;
+    the conftest makes it an error in every kind of kernel array (see its docstring)."""
+    from numba import float64
+
+    @cuda.jit
+    def shifted(a, out):
+        i = cuda.threadIdx.x
+        s = cuda.shared.array(4, float64)
+        t = cuda.local.array(4, float64)
+        s[i] = a[i]
+        t[i] = a[i]
+        cuda.syncthreads()
+        if memory == "global":
+            out[i] = a[i - 1]
+        elif memory == "shared":
+            out[i] = s[i - 1]
+        else:
+            out[i] = t[i - 1]
+
+    a = cuda.to_device(np.arange(4.0))
+    with pytest.raises(IndexError, match="negative index"):
+        shifted[1, 4](a, cuda.device_array(4))
+
+
 # ----------------------------------------------------------------------------- conv2d
 
 CONV2D = [
