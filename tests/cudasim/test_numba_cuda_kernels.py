@@ -89,6 +89,68 @@ def test_negative_indices_are_refused_as_out_of_bounds(memory):
         shifted[1, 4](a, cuda.device_array(4))
 
 
+def _neighbour_kernel(first_barrier, second_barrier):
+    """Each thread stages a[i] in shared memory and reads its neighbour's, twice over."""
+    from numba import float64
+
+    @cuda.jit
+    def neighbour(a, out):
+        i = cuda.threadIdx.x
+        s = cuda.shared.array(4, float64)
+        for r in range(2):
+            s[i] = a[i] + r
+            if first_barrier:
+                cuda.syncthreads()
+            out[r, i] = s[(i + 1) % 4]
+            if second_barrier:
+                cuda.syncthreads()
+
+    return neighbour
+
+
+@pytest.mark.parametrize("first, second", [(True, True), (False, True), (True, False)])
+def test_shared_memory_races_are_reported(first, second):
+    """A read of another thread's write, or a write over another thread's read, with no
+    barrier between them is an error (the conftest's checked_memory)."""
+    from ._checked_memory import SharedMemoryRace
+
+    a = np.arange(4.0)
+    out = cuda.device_array((2, 4))
+    kernel = _neighbour_kernel(first, second)
+    if first and second:
+        kernel[1, 4](cuda.to_device(a), out)
+        np.testing.assert_array_equal(out.copy_to_host(), [np.roll(a, -1), np.roll(a, -1) + 1])
+    else:
+        with pytest.raises(SharedMemoryRace, match="no syncthreads between"):
+            kernel[1, 4](cuda.to_device(a), out)
+
+
+def test_each_block_starts_with_poisoned_shared_memory():
+    """What a block did not write reads as NaN, not the previous block's value or zero."""
+    from numba import float64, int32
+
+    @cuda.jit
+    def leftovers(out, ints):
+        b = cuda.blockIdx.x
+        s = cuda.shared.array(2, float64)
+        d = cuda.shared.array(0, float64)
+        k = cuda.shared.array(2, int32)
+        if b == 0:
+            s[0] = 1.0
+            d[0] = 1.0
+            k[0] = 1
+        cuda.syncthreads()
+        out[b, 0] = s[0]
+        out[b, 1] = d[0]
+        ints[b] = k[0]
+
+    out, ints = cuda.device_array((2, 2)), cuda.device_array(2, np.int32)
+    leftovers[2, 1, 0, 16](out, ints)
+    got = out.copy_to_host()
+    assert (got[0] == 1).all() and np.isnan(got[1]).all()
+    assert list(ints.copy_to_host()) == [1, -(2**30)]
+
+
 # ----------------------------------------------------------------------------- conv2d
 
 CONV2D = [
