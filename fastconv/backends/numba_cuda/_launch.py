@@ -237,17 +237,41 @@ def choose_tiles(channels_per_group: int, reduction: int, n_pixels: int, n_z: in
 FORCED_TILE_MIN_FILL = 1 / 3
 
 
+def two_blocks_bounds(T, tiles: Tiles) -> dict:
+    """``cuda.jit`` options that hold a GEMM kernel to two blocks per SM (at most 128
+    registers for 256 threads), where that can apply: float32 (float64's accumulators take
+    twice the registers) and at most 256 threads (larger blocks would get fewer than 128).
+    The simulator's jit takes no launch bounds."""
+    if SIMULATOR or np.dtype(T) != np.float32 or tiles.threads > 256:
+        return {}
+    return {"launch_bounds": (tiles.threads, 2)}
+
+
+#: autotuning's GEMM arms held to two blocks per SM (see :func:`bounded_path`)
+TWO_BLOCK_PATHS = {"narrow2": "narrow", "wide2": "wide"}
+
+
+def bounded_path(arm, rules: bool) -> bool:
+    """Whether ``arm`` asks for a GEMM kernel held to two blocks per SM (``"narrow2"``,
+    ``"wide2"``: the narrow / wide tiles compiled with :func:`two_blocks_bounds`, where
+    ptxas spills 30-170 bytes to fit 128 registers; autotuning weighs that against the
+    second block), and :func:`path_tiles` used its tiles rather than the rules' choice."""
+    return not rules and arm is not None and arm["PATH"] in TWO_BLOCK_PATHS
+
+
 def path_tiles(path, channels_per_group: int, reduction: int, n_pixels: int, n_z: int):
     """``(tiles, rules)`` for a kernel path of autotuning's arms (see :mod:`.autotune`):
     the GEMM tiles or None (the direct kernel), and whether that is the rules' choice
     (:func:`choose_tiles`), which an arm falls back to where its path does not suit.
 
     ``path`` is None (the rules), ``"direct"``, ``"grouped"`` (conv2d's several-channels
-    direct kernel: no tiles, the launcher picks it), ``"narrow"`` or ``"wide"``; any other
+    direct kernel: no tiles, the launcher picks it), ``"narrow"`` or ``"wide"`` (or
+    ``"narrow2"``/``"wide2"``, the same tiles: see :func:`bounded_path`); any other
     value (``"depthwise"``, handled by conv2d's launcher before this) means the rules.
     """
     if path in ("direct", "grouped"):
         return None, False
+    path = TWO_BLOCK_PATHS.get(path, path)
     if path in ("narrow", "wide") and reduction >= 1:
         t = settings.tiles_narrow if path == "narrow" else settings.tiles_wide
         if channels_per_group >= FORCED_TILE_MIN_FILL * t.BM:

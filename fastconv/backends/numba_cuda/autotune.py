@@ -10,15 +10,16 @@ the cupy backend does (the logic is shared: :mod:`.._tuning`).
 
 An arm names a kernel path: ``{"PATH": None}`` is the rules' own choice (always first),
 ``"direct"`` (one thread per output element), ``"narrow"``/``"wide"`` (the implicit GEMM
-with ``settings.tiles_narrow`` / ``tiles_wide``) and, for conv2d, ``"depthwise"`` and
-``"grouped"`` (several output channels of a group per thread).  A forced path that does not
-suit the problem (the tiled depthwise kernel for a conv with several input channels per
-group, the grouped kernel for one input or one output channel per group, a GEMM tile of
-which fewer than a third of the rows would hold output channels) falls back to the rules'
-choice, so it plans alike and is not timed.  roi_align's arms are the channels per
-thread (``ROI_CPT``; None: ``settings.roi_channels_per_thread``).  Each distinct path is
-compiled on its first use (numba's disk cache keeps it), which adds seconds to the first
-tuned call on a new machine.
+with ``settings.tiles_narrow`` / ``tiles_wide``), ``"narrow2"``/``"wide2"`` (the same tiles
+compiled for two blocks per SM, float32 only: ptxas spills to fit 128 registers) and, for
+conv2d, ``"depthwise"`` and ``"grouped"`` (several output channels of a group per thread). A
+forced path that does not suit the problem (the tiled depthwise kernel for a conv with
+several input channels per group, the grouped kernel for one input or one output channel per
+group, a GEMM tile of which fewer than a third of the rows would hold output channels) falls
+back to the rules' choice, so it plans alike and is not timed. roi_align's arms are the
+channels per thread (``ROI_CPT``; None: ``settings.roi_channels_per_thread``). Each distinct
+path is compiled on its first use (numba's disk cache keeps it), which adds seconds to the
+first tuned call on a new machine.
 
 This module imports ``numba.cuda`` only inside :func:`clock`'s functions.
 """
@@ -34,8 +35,10 @@ _PATHS = [{"PATH": p} for p in (None, "direct", "narrow", "wide")]
 #: op -> its arms, the rules' own choice first
 ARMS = {
     "conv2d": _PATHS + [{"PATH": "depthwise"}, {"PATH": "grouped"}],
-    "conv_transpose2d": _PATHS,
-    "deform_conv2d": _PATHS,
+    # the GEMMs held to two blocks per SM (float32; conv2d's and the narrow transposed
+    # GEMM's already are): ptxas spills to fit, so only timing can say which pays
+    "conv_transpose2d": _PATHS + [{"PATH": "wide2"}],
+    "deform_conv2d": _PATHS + [{"PATH": "narrow2"}, {"PATH": "wide2"}],
     "roi_align": [{"ROI_CPT": c} for c in (None, 1, 2, 8)],
 }
 #: timed runs of each arm after one untimed run (as the cupy backend's)

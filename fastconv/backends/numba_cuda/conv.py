@@ -57,8 +57,8 @@ from . import autotune
 from ._gemm import advance, split_row, tile_coords
 from ._gemm import functions as _gemm_functions
 from ._launch import (
-    SIMULATOR,
     absent,
+    bounded_path,
     cdiv,
     current_stream,
     empty,
@@ -70,6 +70,7 @@ from ._launch import (
     path_tiles,
     settings,
     stream_scratch,
+    two_blocks_bounds,
     weight_rows,
 )
 
@@ -155,10 +156,11 @@ def conv_transpose2d(x, weight, bias, *, stride, padding, dilation, groups, out_
     direct_grid = grid_2d(Ho * Wo, N * Kg * groups, block)
 
     def plan(arm):
-        tiles, _ = path_tiles(arm and arm["PATH"], Kg, (C // groups) * taps, phase_pixels, n_z)
+        tiles, rules = path_tiles(arm and arm["PATH"], Kg, (C // groups) * taps, phase_pixels,
+                                  n_z)
         if tiles is not None:
-            return (_gemm_kernels(T, tiles)[1], grid_tiles(tiles, phase_pixels, Kg, n_z),
-                    tiles.threads, 0, args)
+            return (_transposed_gemm(T, tiles, bounded_path(arm, rules)),
+                    grid_tiles(tiles, phase_pixels, Kg, n_z), tiles.threads, 0, args)
         # unguarded: no flags (the kernel tests nonfinite.shape[0])
         return direct, direct_grid, block, 0, args + (absent(None, np.int32, 1),)
 
@@ -266,9 +268,20 @@ def _direct_kernels(T):
     return _build_direct(T)
 
 
-@functools.cache  # built once per dtype and compile-time shape
-def _gemm_kernels(T, tiles):
-    return _build_gemm(T, tiles)
+def _gemm_kernels(T, tiles, transposed_two_blocks=False):
+    return _built_gemm_kernels(T, tiles, bool(transposed_two_blocks))
+
+
+@functools.cache  # built once per dtype, compile-time shape and launch bounds (positional
+def _built_gemm_kernels(T, tiles, transposed_two_blocks):  # arguments: one cache key each)
+    return _build_gemm(T, tiles, transposed_two_blocks)
+
+
+def _transposed_gemm(T, tiles, two_blocks: bool):
+    """conv_transpose2d's GEMM kernel; ``two_blocks``: held to two blocks per SM, where that
+    is not already so (the same kernel object otherwise, so autotuning sees one plan)."""
+    bounded = two_blocks and tiles.TM * tiles.TN > 8 and bool(two_blocks_bounds(T, tiles))
+    return _gemm_kernels(T, tiles, bounded)[1]
 
 
 def ptx_cases(T):
@@ -290,6 +303,9 @@ def ptx_cases(T):
             (f"conv2d_gemm{tiles.BM}", g[0], conv_gemm),
             (f"conv_transpose2d_gemm{tiles.BM}", g[1], conv + (i, i)),
         ]
+        bounded = _transposed_gemm(T, tiles, True)
+        if bounded is not g[1]:  # autotuning's two-blocks-per-SM arm (float32 only)
+            cases.append((f"conv_transpose2d_gemm{tiles.BM}_2blocks", bounded, conv + (i, i)))
     cases += [
         ("conv2d_depthwise", _depthwise_kernel(T, *depthwise_block(settings.block)), conv[:-1]),
         ("conv2d_direct", d[0], conv),
@@ -619,7 +635,7 @@ def _build_depthwise(T, TW, TR):
     return conv2d_depthwise
 
 
-def _build_gemm(T, tiles):
+def _build_gemm(T, tiles, transposed_two_blocks=False):
     BM, BN, BK, TM, TN = tiles.BM, tiles.BN, tiles.BK, tiles.TM, tiles.TN
     NT = tiles.threads
     TXS = BN // TN
@@ -636,10 +652,9 @@ def _build_gemm(T, tiles):
     # conv_transpose2d GEMM with the narrow 2x4 register tile (134 unasked).  float64's
     # accumulators take twice the registers, and the 4x4 transposed tile spills at 128.
     # Larger blocks (configure(tiles_...)) would get fewer than 128 registers: no bounds.
-    # (The simulator's jit takes no launch bounds.)
-    asked = not SIMULATOR and T == np.float32 and NT <= 256
-    two_blocks = {"launch_bounds": (NT, 2)} if asked else {}
-    transposed_bounds = two_blocks if TM * TN <= 8 else {}
+    # The 4x4 transposed tile gets them only as autotuning's "wide2" arm (it spills 96 B).
+    two_blocks = two_blocks_bounds(T, tiles)
+    transposed_bounds = two_blocks if TM * TN <= 8 or transposed_two_blocks else {}
 
     @cuda.jit(cache=True, **two_blocks)
     def conv2d_gemm(x, w, b, out, kH, kW, sH, sW, pH, pW, dH, dW, groups):

@@ -26,6 +26,7 @@ from ._gemm import advance2, tile_coords
 from ._gemm import functions as _gemm_functions
 from ._launch import (
     absent,
+    bounded_path,
     current_stream,
     empty,
     grid_2d,
@@ -34,6 +35,7 @@ from ._launch import (
     numba_arg_types,
     path_tiles,
     settings,
+    two_blocks_bounds,
 )
 
 
@@ -55,9 +57,10 @@ def deform_conv2d(
     Kg = K // groups
 
     def plan(arm):
-        tiles, _ = path_tiles(arm and arm["PATH"], Kg, Cg * kH * kW, Ho * Wo, N * groups)
+        tiles, rules = path_tiles(arm and arm["PATH"], Kg, Cg * kH * kW, Ho * Wo, N * groups)
         if tiles is not None:
-            return (_gemm_kernel(T, tiles), grid_tiles(tiles, Ho * Wo, Kg, N * groups),
+            two_blocks = bounded_path(arm, rules) and bool(two_blocks_bounds(T, tiles))
+            return (_gemm_kernel(T, tiles, two_blocks), grid_tiles(tiles, Ho * Wo, Kg, N * groups),
                     tiles.threads, 0, args)
         block = settings.block
         return _direct_kernel(T), grid_2d(Ho * Wo, N * K, block), block, 0, args
@@ -74,9 +77,13 @@ def _direct_kernel(T):
     return _build_direct(T)
 
 
-@functools.cache  # built once per dtype and compile-time shape
-def _gemm_kernel(T, tiles):
-    return _build_gemm(T, tiles)
+def _gemm_kernel(T, tiles, two_blocks=False):
+    return _built_gemm_kernel(T, tiles, bool(two_blocks))
+
+
+@functools.cache  # built once per dtype, compile-time shape and launch bounds (positional
+def _built_gemm_kernel(T, tiles, two_blocks):  # arguments: one cache key each)
+    return _build_gemm(T, tiles, two_blocks)
 
 
 def ptx_cases(T):
@@ -87,6 +94,9 @@ def ptx_cases(T):
     cases = [("deform_conv2d_direct", _direct_kernel(T), dcn)]
     for tiles in (settings.tiles_wide, settings.tiles_narrow):
         cases.append((f"deform_conv2d_gemm{tiles.BM}", _gemm_kernel(T, tiles), dcn))
+        if two_blocks_bounds(T, tiles):  # autotuning's two-blocks-per-SM arms (float32)
+            cases.append((f"deform_conv2d_gemm{tiles.BM}_2blocks",
+                          _gemm_kernel(T, tiles, True), dcn))
     return cases
 
 
@@ -185,7 +195,7 @@ def _build_direct(T):
     return deform_conv2d_direct
 
 
-def _build_gemm(T, tiles):
+def _build_gemm(T, tiles, two_blocks=False):
     BM, BN, BK, TM, TN = tiles.BM, tiles.BN, tiles.BK, tiles.TM, tiles.TN
     NT = tiles.threads
     TXS = BN // TN
@@ -199,7 +209,9 @@ def _build_gemm(T, tiles):
     gather = _bilinear_functions(T)[2]
     sample_setup = _sample_function(T)
 
-    @cuda.jit(cache=True)
+    # unbounded by default: ptxas takes 148-162 registers (float32, sm_90), one block per SM;
+    # two_blocks (autotuning's "narrow2"/"wide2" arms) holds it to 128 with 30-170 B spilled
+    @cuda.jit(cache=True, **(two_blocks_bounds(T, tiles) if two_blocks else {}))
     def deform_conv2d_gemm(x, offset, mask, w, b, out, sH, sW, pH, pW, dH, dW, groups, G):
         """Fused deformable implicit GEMM; reduction index r = tap * Cg + c."""
         As = cuda.shared.array((BM, BKP), T)

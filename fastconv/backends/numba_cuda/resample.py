@@ -216,7 +216,7 @@ def ptx_cases(T):
     """``[(name, kernel, argtypes)]`` for every kernel of this module and float type ``T``.
 
     Index tables are int64 (``fastconv.image`` builds them so); ``_to_planes`` reads the
-    image in its own dtype, so it is listed for a uint8 and a ``T`` source.
+    image in its own dtype, so it is listed for a ``T`` source and, for float64, a uint8 one.
     """
     from numba import types
 
@@ -231,7 +231,9 @@ def ptx_cases(T):
         ("filter_h", _filter_h, (a4, a1, i1, i, f, a4)),
         ("filter_w", _filter_w, (a4, a1, i1, i, f, a4)),
         ("to_planes", _to_planes, (a3, i, f, f, types.boolean, a4)),
-        ("to_planes_uint8", _to_planes, (u3, i, f, f, types.boolean, a4)),
+        # integer images become float64 planes (scikit-image's rule)
+        *([("to_planes_uint8", _to_planes, (u3, i, f, f, types.boolean, a4))]
+          if np.dtype(T) == np.float64 else []),
         ("from_planes", _from_planes, (a4, i, types.Array(f, 4, "C"))),
         ("subtract", _subtract, (a1, a1, a1)),
         ("copy_into", _copy_into, (a1, a1, i)),
