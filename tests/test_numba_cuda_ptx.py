@@ -288,7 +288,11 @@ def fake_device_array(shape, dtype=np.float64, *, every_other_row=False, **_):
 
     cls = _no_memory_array_type()
     shape = (shape,) if np.isscalar(shape) else tuple(shape)
-    strides = np.empty(shape, dtype).strides
+    strides, step = [], np.dtype(dtype).itemsize  # C order, without allocating the shape
+    for n in reversed(shape):
+        strides.insert(0, step)
+        step *= max(n, 1)
+    strides = tuple(strides)
     if every_other_row:
         strides = (2 * strides[0],) + strides[1:]
     if 0 in shape:  # the null pointer of a zero-size array names its context
@@ -477,3 +481,36 @@ def test_every_launch_uses_a_signature_the_ptx_tests_compile(launches, monkeypat
             if not any(kid == id(kernel) and _covers(tuple(argtypes), sig) for kid, sig in sigs):
                 unlaunched.append(f"{name}.{case}")
     assert unlaunched == NEVER_LAUNCHED, "\n".join(unlaunched)
+
+
+@pytest.mark.parametrize("case", ["depthwise", "grouped_planes", "grouped_pixels"])
+def test_32_bit_kernels_are_left_where_their_counts_pass_2_31(launches, case):
+    """conv2d_depthwise and conv2d_grouped split their work with 32-bit divisions, so the
+    launcher takes them only while the counts they split fit (issue #3's large tensors);
+    one past the limit goes to a 64-bit kernel, on the same launch check as above."""
+    import fastconv
+    from fastconv.backends.numba_cuda import _launch
+
+    a, f4 = fake_device_array, np.float32
+    big = {  # (input, weight, groups, what the 32-bit kernel would count)
+        # N*K*ceil(Ho/32)*ceil(Wo/32) tiles: 2**21 * 2**10 * 1 * 1 = 2**31
+        "depthwise": (a((2**21, 2**10, 32, 32), f4), a((2**10, 1, 3, 3), f4), 2**10),
+        # N*groups*ceil(Kg/KB) planes: 2**28 * 8 * 1 = 2**31
+        "grouped_planes": (a((2**28, 16, 4, 4), f4), a((16, 2, 3, 3), f4), 8),
+        # Ho*Wo pixels of a plane: 2**16 * 2**15 = 2**31
+        "grouped_pixels": (a((1, 4, 2**16, 2**15), f4), a((4, 2, 3, 3), f4), 2),
+    }[case]
+    x, w, groups = big
+    want = "conv2d_depthwise" if case == "depthwise" else "conv2d_grouped"
+    fastconv.conv2d(x, w, padding=1, groups=groups, backend="numba_cuda")
+    (module, kernel, grid, block, shared, args) = launches.pop()
+    assert kernel.py_func.__name__ != want
+    assert all(1 <= g <= m for g, m in zip(grid, _launch._HW_MAX_GRID, strict=False))
+    # one less (the first dimension that the count scales with, less one) takes it
+    shape = list(x.shape)
+    if case == "grouped_pixels":
+        shape[3] -= 1
+    else:
+        shape[0] -= 1
+    fastconv.conv2d(a(tuple(shape), f4), w, padding=1, groups=groups, backend="numba_cuda")
+    assert launches.pop()[1].py_func.__name__ == want
