@@ -514,3 +514,34 @@ def test_32_bit_kernels_are_left_where_their_counts_pass_2_31(launches, case):
         shape[0] -= 1
     fastconv.conv2d(a(tuple(shape), f4), w, padding=1, groups=groups, backend="numba_cuda")
     assert launches.pop()[1].py_func.__name__ == want
+
+
+def test_huge_problems_launch_within_the_grid_limits(launches):
+    """Past 2**31 elements and 65535 planes or RoIs, every launch still fits the hardware's
+    grid (x < 2**31, y and z < 65536): the kernels grid-stride over the rest."""
+    import fastconv
+    from fastconv.backends.numba_cuda import _launch
+
+    a, f4 = fake_device_array, np.float32
+    x = a((2**12, 2**10, 32, 32), f4)  # 2**32 elements, 2**22 (image, channel) planes
+    fastconv.conv2d(x, a((2**10, 2**10, 3, 3), f4), padding=1)  # GEMM
+    fastconv.conv2d(x, a((2**11, 2, 3, 3), f4), padding=1, groups=2**9)  # grouped
+    fastconv.conv2d(x, a((2**10, 1, 3, 3), f4), padding=1, groups=2**10)  # depthwise
+    fastconv.conv2d(x, a((2, 2**9, 1, 1), f4), groups=2)  # direct: 1 output channel a group
+    fastconv.conv_transpose2d(x, a((2**10, 4, 4, 4), f4), stride=2, padding=1)
+    fastconv.conv_transpose2d(x, a((2**10, 64, 4, 4), f4), stride=2, padding=1)
+    fastconv.deform_conv2d(x, a((2**12, 18, 32, 32), f4), a((2**10, 2**10, 3, 3), f4),
+                           padding=1)
+    boxes = a((2**20, 5), f4)
+    fastconv.roi_align(x, boxes, 7, spatial_scale=0.25, sampling_ratio=2)
+    fastconv.roi_pool(x, boxes, 7, spatial_scale=0.25)
+    assert {k.py_func.__name__ for _, k, *_ in launches} >= {
+        "conv2d_gemm", "conv2d_grouped", "conv2d_depthwise", "conv2d_direct",
+        "conv_transpose2d_direct",
+        "conv_transpose2d_gemm", "nonfinite_blocks", "deform_conv2d_gemm", "roi_align",
+        "roi_pool", "roi_count_bad_boxes"}
+    for _, kernel, grid, block, _, _ in launches:
+        grid = (grid,) if np.isscalar(grid) else tuple(grid)
+        assert len(grid) <= 3 and 1 <= block <= 1024, (kernel.py_func.__name__, grid, block)
+        for g, limit in zip(grid, _launch._HW_MAX_GRID[:len(grid)], strict=True):
+            assert 1 <= g <= limit, (kernel.py_func.__name__, grid)
