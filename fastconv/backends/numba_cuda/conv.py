@@ -311,8 +311,10 @@ def ptx_cases(T):
     cases += [
         ("conv2d_depthwise", _depthwise_kernel(T, *depthwise_block(settings.block)), conv[:-1]),
         ("conv2d_direct", d[0], conv),
+        # the (KB, tail) variants some Kg >= 2 reaches: all but KB 2 with a tail
         *((f"conv2d_grouped_kb{kb}{'_tail' * tail}", _grouped_kernel(T, kb, tail), conv_gemm)
-          for kb in (2, 4, 8) for tail in (False, True)),
+          for kb, tail in sorted({(grouped_kb(k), k % grouped_kb(k) != 0)
+                                  for k in range(2, 2 * GROUPED_MAX_KB + 1)})),
         ("conv_transpose2d_direct", d[1], conv + (i, i, types.Array(types.int32, 1, "C"))),
         ("nonfinite_blocks", nonfinite_blocks, (a1, types.Array(types.int32, 1, "C"))),
     ]
