@@ -6,9 +6,10 @@
 // threads that also checks that every thread reached the *same* barrier (a thread that
 // leaves the kernel while others wait at a __syncthreads() is reported as divergence).
 // __shared__ arrays become function statics (one copy, seen by all threads of the
-// running block); dynamic shared memory is a heap buffer of exactly the launch's size,
-// refilled with 0xFF bytes (NaN for float/double/half) before every block, so a read of
-// shared memory that no thread wrote shows up as NaN in the output.
+// running block); dynamic shared memory is a heap buffer of exactly the launch's size.
+// Both are refilled with 0xFF bytes (NaN for float/double/half) before every block (the
+// statics from their first use: register_shared), so a read of shared memory that no
+// thread of the block wrote shows up as NaN in the output.
 //
 // What this proves: the indexing, the tiling logic, the barriers, the launch-argument
 // types and the bounds of every memory access (built with AddressSanitizer) -- on the
@@ -32,6 +33,9 @@ extern uint3 block_dim;
 extern uint3 grid_dim;
 void syncthreads();
 unsigned char* dynamic_smem();
+// Called after each static __shared__ declaration (emulator.py adds the call): the array is
+// refilled with 0xFF bytes before every block, from the first call on.
+void register_shared(void* array, std::size_t bytes);
 }  // namespace fcemu
 
 #define threadIdx (fcemu::thread_idx)

@@ -122,6 +122,27 @@ std::string last_error;
 
 void set_error(const std::string& message) { last_error = message; }
 
+namespace {
+std::mutex shared_mutex;
+std::vector<std::pair<unsigned char*, std::size_t>> static_shared;  // registered arrays
+
+// Before a block starts (thread 0, with the others waiting at the block's first barrier).
+void poison_static_shared() {
+    std::lock_guard<std::mutex> guard(shared_mutex);
+    for (auto& [p, n] : static_shared) std::memset(p, 0xFF, n);
+}
+}  // namespace
+
+void register_shared(void* array, std::size_t bytes) {
+    std::lock_guard<std::mutex> guard(shared_mutex);
+    auto* p = static_cast<unsigned char*>(array);
+    for (auto& entry : static_shared)
+        if (entry.first == p) return;
+    // the first thread to reach the declaration, before any thread can have written it
+    std::memset(p, 0xFF, bytes);
+    static_shared.emplace_back(p, bytes);
+}
+
 void syncthreads() { current_barrier->arrive(SYNCTHREADS); }
 
 unsigned char* dynamic_smem() { return current_smem; }
@@ -151,7 +172,10 @@ int run_grid(unsigned grid_x, unsigned grid_y, unsigned block, std::size_t smem,
         thread_idx = uint3{t, 0, 0};
         for (unsigned long long b = 0; b < blocks && !barrier.diverged(); ++b) {
             block_idx = uint3{unsigned(b % grid_x), unsigned(b / grid_x), 0};
-            if (t == 0 && smem) std::memset(buffer, 0xFF, smem);  // NaN in every float type
+            if (t == 0) {  // NaN in every float type
+                if (smem) std::memset(buffer, 0xFF, smem);
+                poison_static_shared();
+            }
             barrier.arrive(BLOCK_START);
             body();
             barrier.arrive(BLOCK_EXIT);

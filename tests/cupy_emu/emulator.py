@@ -16,7 +16,9 @@ things for CPU stand-ins and registers the result as the backend
   launch 1-D -- a mismatch that CuPy would pass on silently as wrong bytes is an
   error here;
 * ``cupy.empty`` returns NaN-filled arrays, so an output element no thread
-  writes is caught by the comparison with the oracle;
+  writes is caught by the comparison with the oracle; shared memory, static and dynamic,
+  is refilled with NaN before every block, so a read of an element no thread of the
+  block wrote is caught the same way;
 * the grid is capped at ``MAX_BLOCKS`` blocks so grid-stride loops turn;
 * when the process runs with a sanitizer's run time preloaded (as
   ``tests/test_cupy_emulated.py`` starts it), the kernels are built for it:
@@ -36,6 +38,7 @@ import concurrent.futures
 import ctypes
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -114,6 +117,26 @@ extern "C" int fcemu_launch_{_symbol(file)}(int index, const char* codes, unsign
 """
 
 
+#: a static ``__shared__`` declaration of the kernels: optional alignment, type, name, extents
+_SHARED_DECL = re.compile(
+    r"(?<!extern )__shared__\s+(?:__align__\(\d+\)\s+)?[\w:<>]+\s+(\w+)\s*(?:\[[^\]]+\]\s*)*;")
+
+
+def _register_shared(source: str) -> str:
+    """``source`` with a ``fcemu::register_shared`` call after each static ``__shared__``
+    declaration, so the runtime can refill those arrays with 0xFF bytes before every block
+    as it does the dynamic buffer (a static array otherwise keeps the last block's values,
+    and starts as zeros).  Only the emulator's copy changes; NVRTC builds the source as is."""
+    def register(m):
+        return f"{m.group(0)} fcemu::register_shared(&{m.group(1)}, sizeof({m.group(1)}));"
+
+    out, n = _SHARED_DECL.subn(register, source)
+    if n != source.count("__shared__") - source.count("extern __shared__") \
+            - len(re.findall(r"//[^\n]*__shared__", source)):
+        raise RuntimeError("a __shared__ declaration the emulator does not recognise")
+    return out
+
+
 def _symbol(file: str) -> str:
     return file.replace(".", "_")
 
@@ -137,7 +160,8 @@ def build(cxx: str = "g++") -> Path:
     """Compile the kernels and the emulator into one shared library (cached by content)."""
     sanitize = sanitizer()
     files = _nvrtc.kernel_files()
-    units = {f"{_symbol(f)}.cpp": _module.source(f) + _glue(f, e) for f, e in files.items()}
+    units = {f"{_symbol(f)}.cpp": _register_shared(_module.source(f)) + _glue(f, e)
+             for f, e in files.items()}
     runtime = (HERE / "cuda_emu_runtime.cpp").read_text()
     headers = "".join((HERE / h).read_text() for h in ("cuda_emu.h", "cuda_emu_launch.h"))
     digest = hashlib.sha256(

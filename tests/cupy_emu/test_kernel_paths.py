@@ -449,6 +449,23 @@ def test_python_scalars_are_refused():
                         np.int32(1), np.int32(1), np.float32(1)))
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_the_box_check_counts_as_the_host(dtype):
+    """roi_count_bad_boxes (a block sums its threads' counts in static shared memory, which
+    the emulator refills with NaN/-1 before every block) counts the bad rows exactly."""
+    from fastconv.backends.cupy import roi as cupy_roi
+
+    rng = np.random.default_rng(8)
+    for k in (1, 7, 300, 2500):  # one thread, a partial block, several rows per thread
+        boxes = np.concatenate([rng.integers(-1, 4, (k, 1)), rng.uniform(0, 9, (k, 4))],
+                               axis=1).astype(dtype)
+        boxes[rng.random(k) < 0.1, 2] = np.inf
+        boxes[rng.random(k) < 0.1, 0] = 0.5
+        host = [not (0 <= b[0] < 3 and b[0] == int(b[0]) and np.isfinite(b[1:]).all())
+                for b in boxes.astype(np.float64)]
+        assert cupy_roi.count_bad_boxes(boxes, 3) == sum(host), k
+
+
 def test_dynamic_shared_memory_over_48_kib_is_refused():
     """As on a GPU, where more needs the kernel's opt-in attribute (never set by fastconv)."""
     k = emulator.kernel("fc::roi_pool<float, 1, false>")
