@@ -32,6 +32,7 @@ extern thread_local uint3 block_idx;
 extern uint3 block_dim;
 extern uint3 grid_dim;
 void syncthreads();
+int syncthreads_or(int predicate);
 unsigned char* dynamic_smem();
 // Called after each static __shared__ declaration (emulator.py adds the call): the array is
 // refilled with 0xFF bytes before every block, from the first call on.
@@ -43,6 +44,7 @@ void register_shared(void* array, std::size_t bytes);
 #define blockDim (fcemu::block_dim)
 #define gridDim (fcemu::grid_dim)
 #define __syncthreads() fcemu::syncthreads()
+#define __syncthreads_or(predicate) fcemu::syncthreads_or(predicate)
 
 #define __global__
 #define __device__

@@ -115,6 +115,7 @@ Pool& pool() {
 
 std::mutex launch_mutex;  // one launch at a time (the kernels' __shared__ statics are global)
 Barrier* current_barrier = nullptr;
+std::vector<int> predicates;  // __syncthreads_or's inputs, one per thread of the block
 unsigned char* current_smem = nullptr;
 std::string last_error;
 
@@ -145,6 +146,17 @@ void register_shared(void* array, std::size_t bytes) {
 
 void syncthreads() { current_barrier->arrive(SYNCTHREADS); }
 
+// Each thread leaves its predicate, all meet, each reads them all, and all meet again before
+// a later call can overwrite one: the two barriers of a __syncthreads_or.
+int syncthreads_or(int predicate) {
+    predicates[thread_idx.x] = predicate;
+    current_barrier->arrive(SYNCTHREADS);
+    int any = 0;
+    for (unsigned t = 0; t < block_dim.x; ++t) any |= predicates[t] != 0;
+    current_barrier->arrive(SYNCTHREADS);
+    return any;
+}
+
 unsigned char* dynamic_smem() { return current_smem; }
 
 int run_grid(unsigned grid_x, unsigned grid_y, unsigned block, std::size_t smem,
@@ -160,6 +172,7 @@ int run_grid(unsigned grid_x, unsigned grid_y, unsigned block, std::size_t smem,
         return 3;
     }
     Barrier barrier(block);
+    predicates.assign(block, 0);
     // Exactly `smem` bytes, so AddressSanitizer reports any access past the launch's size.
     unsigned char* buffer = static_cast<unsigned char*>(std::malloc(smem ? smem : 1));
     current_barrier = &barrier;

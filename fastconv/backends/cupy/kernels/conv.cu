@@ -473,18 +473,16 @@ template <typename T>
 __global__ void __launch_bounds__(256)
 nonfinite_blocks(const T* __restrict__ w, i64 n, int* __restrict__ nonfinite) {
     typedef typename Acc<T>::type A;
-    __shared__ int found;
-    if (threadIdx.x == 0) found = 0;
-    __syncthreads();
-    bool mine = false;
+    int mine = 0;
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (i64)gridDim.x * blockDim.x) {
         const A v = ld(w + i);
         mine |= !(v - v == A(0));  // inf - inf and NaN - NaN are NaN
     }
-    if (mine) found = 1;  // every writer writes 1
-    __syncthreads();
-    if (threadIdx.x == 0) nonfinite[blockIdx.x] = found;
+    // the block's OR without a shared flag that many threads would write at once (a race,
+    // if a benign one, that compute-sanitizer's racecheck reports)
+    const int found = __syncthreads_or(mine);
+    if (threadIdx.x == 0) nonfinite[blockIdx.x] = found != 0 ? 1 : 0;
 }
 
 // ------------------------------------------------------------------ conv_transpose2d: GEMM
