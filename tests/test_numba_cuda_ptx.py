@@ -254,6 +254,22 @@ def test_weight_views_are_memoised_per_array_and_shape_and_die_with_the_array():
 SHARED_WITHOUT_OPT_IN = 47 * 1024
 
 
+def geometry_problem(kernel, grid, block, shared) -> str | None:
+    """What is wrong with a launch's geometry for the hardware, or None: at most 3 grid
+    dimensions within their limits, 1-1024 threads, dynamic shared memory within
+    :data:`SHARED_WITHOUT_OPT_IN`."""
+    from fastconv.backends.numba_cuda import _launch
+
+    grid = (grid,) if np.isscalar(grid) else tuple(grid)
+    name = kernel.py_func.__name__
+    if not (1 <= block <= 1024 and len(grid) <= 3 and all(
+            1 <= g <= m for g, m in zip(grid, _launch._HW_MAX_GRID[:len(grid)], strict=True))):
+        return f"{name}: grid {grid} x block {block}"
+    if not 0 <= shared <= SHARED_WITHOUT_OPT_IN:
+        return f"{name}: {shared} bytes of dynamic shared memory"
+    return None
+
+
 @functools.cache
 def _no_memory_array_type():
     from numba.cuda.cudadrv import devicearray
@@ -423,7 +439,7 @@ def test_every_launch_uses_a_signature_the_ptx_tests_compile(launches, monkeypat
 
     from fastconv.backends import _tuning
     from fastconv.backends import numba_cuda as backend
-    from fastconv.backends.numba_cuda import _launch, autotune
+    from fastconv.backends.numba_cuda import autotune
 
     for fn, args, kwargs in _op_calls(dtype) + _image_calls(dtype):
         fn(*args, **kwargs, backend="numba_cuda")
@@ -460,13 +476,9 @@ def test_every_launch_uses_a_signature_the_ptx_tests_compile(launches, monkeypat
         if not any(_covers(c, sig) for c in checked.get(id(kernel), [])):
             problems.append(f"{module}.{name} launched with {sig}, which no ptx_cases entry "
                             f"compiles (checked: {checked.get(id(kernel))})")
-        grid = (grid,) if np.isscalar(grid) else tuple(grid)
-        limits = _launch._HW_MAX_GRID[:len(grid)]
-        if not (1 <= block <= 1024 and len(grid) <= 3
-                and all(1 <= g <= m for g, m in zip(grid, limits, strict=True))):
-            problems.append(f"{module}.{name}: grid {grid} x block {block}")
-        if not 0 <= shared <= SHARED_WITHOUT_OPT_IN:
-            problems.append(f"{module}.{name}: {shared} bytes of dynamic shared memory")
+        wrong = geometry_problem(kernel, grid, block, shared)
+        if wrong:
+            problems.append(f"{module}.{wrong}")
     assert not problems, "\n".join(sorted(set(problems)))
 
     # and every signature compiled there is one that a call launches
@@ -486,7 +498,6 @@ def test_32_bit_kernels_are_left_where_their_counts_pass_2_31(launches, case):
     launcher takes them only while the counts they split fit (issue #3's large tensors);
     one past the limit goes to a 64-bit kernel, on the same launch check as above."""
     import fastconv
-    from fastconv.backends.numba_cuda import _launch
 
     a, f4 = fake_device_array, np.float32
     big = {  # (input, weight, groups, what the 32-bit kernel would count)
@@ -500,9 +511,9 @@ def test_32_bit_kernels_are_left_where_their_counts_pass_2_31(launches, case):
     x, w, groups = big
     want = "conv2d_depthwise" if case == "depthwise" else "conv2d_grouped"
     fastconv.conv2d(x, w, padding=1, groups=groups, backend="numba_cuda")
-    (module, kernel, grid, block, shared, args) = launches.pop()
+    _, kernel, grid, block, shared, _ = launches.pop()
     assert kernel.py_func.__name__ != want
-    assert all(1 <= g <= m for g, m in zip(grid, _launch._HW_MAX_GRID, strict=False))
+    assert geometry_problem(kernel, grid, block, shared) is None
     # one less (the first dimension that the count scales with, less one) takes it
     shape = list(x.shape)
     if case == "grouped_pixels":
@@ -517,7 +528,6 @@ def test_huge_problems_launch_within_the_grid_limits(launches):
     """Past 2**31 elements and 65535 planes or RoIs, every launch still fits the hardware's
     grid (x < 2**31, y and z < 65536): the kernels grid-stride over the rest."""
     import fastconv
-    from fastconv.backends.numba_cuda import _launch
 
     a, f4 = fake_device_array, np.float32
     x = a((2**12, 2**10, 32, 32), f4)  # 2**32 elements, 2**22 (image, channel) planes
@@ -537,8 +547,6 @@ def test_huge_problems_launch_within_the_grid_limits(launches):
         "conv_transpose2d_direct",
         "conv_transpose2d_gemm", "nonfinite_blocks", "deform_conv2d_gemm", "roi_align",
         "roi_pool", "roi_count_bad_boxes"}
-    for _, kernel, grid, block, _, _ in launches:
-        grid = (grid,) if np.isscalar(grid) else tuple(grid)
-        assert len(grid) <= 3 and 1 <= block <= 1024, (kernel.py_func.__name__, grid, block)
-        for g, limit in zip(grid, _launch._HW_MAX_GRID[:len(grid)], strict=True):
-            assert 1 <= g <= limit, (kernel.py_func.__name__, grid)
+    problems = [geometry_problem(k, grid, block, shared)
+                for _, k, grid, block, shared, _ in launches]
+    assert not any(problems), [w for w in problems if w]

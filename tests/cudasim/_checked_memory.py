@@ -51,17 +51,14 @@ def _thread():
 
 
 class _BlockAccesses:
-    """The shared-memory accesses of the running block, per byte address:
-    ``[writer, its epoch, epoch of the reads, readers in that epoch]``."""
+    """The shared-memory accesses of one block, per byte address: ``[writer, its epoch,
+    epoch of the reads, readers in that epoch]`` (a new one for each block)."""
 
     def __init__(self):
-        self.block = None
         self.records: dict = {}
 
     def note(self, address: int, write: bool, where: str) -> None:
         block, tid, epoch = _thread()
-        if block != self.block:  # blocks run one after another
-            self.block, self.records = block, {}
         rec = self.records.get(address)
         if rec is None:
             rec = self.records[address] = [None, -1, -1, set()]
@@ -143,17 +140,21 @@ def install():
         check_index(idx, self._item.shape)
         real_set(self, idx, val)
 
+    new_block = threading.Lock()  # a block's start, and its static arrays' creation
+
     def block_state(shared):
-        """The per-launch FakeCUDAShared's view of the running block: poisons the launch's
-        shared arrays when a new block starts."""
+        """The per-launch FakeCUDAShared's view of the running block: when a new block
+        starts (the first of its threads to get here, under a lock), the launch's shared
+        arrays are poisoned and the access record starts afresh."""
         block = tuple(threading.current_thread().blockIdx)
-        state = shared.__dict__.setdefault("fc_state", {"block": None,
-                                                        "accesses": _BlockAccesses()})
-        if state["block"] != block:
-            state["block"] = block
-            for a in shared._allocations.values():
-                _poison(a)
-            shared._dynshared.fill(-1)  # all bits set: NaN in every float type
+        with new_block:
+            state = shared.__dict__.get("fc_state")
+            if state is None or state["block"] != block:
+                state = shared.__dict__["fc_state"] = {"block": block,
+                                                       "accesses": _BlockAccesses()}
+                for a in shared._allocations.values():
+                    _poison(a)
+                shared._dynshared.fill(-1)  # all bits set: NaN in every float type
         return state
 
     def shared_array(self, shape, dtype, alignment=None):
@@ -165,11 +166,12 @@ def install():
             # (the caller's, so it cannot be wrapped: its own lookup would see this line)
             frame = sys._getframe(1)
             where = (frame.f_code.co_filename, frame.f_lineno)
-            a = self._allocations.get(where)
-            if a is None:
-                a = real_local(None, shape, dtype, alignment).view(KernelArray)
-                _poison(a)
-                self._allocations[where] = a
+            with new_block:  # one array for all the threads that get here at once
+                a = self._allocations.get(where)
+                if a is None:
+                    a = real_local(None, shape, dtype, alignment).view(KernelArray)
+                    _poison(a)
+                    self._allocations[where] = a
         a.accesses = state["accesses"]
         return a
 

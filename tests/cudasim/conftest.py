@@ -65,3 +65,18 @@ def path(request):
     _launch.configure(
         gemm_min_channels=old.gemm_min_channels, gemm_min_reduction=old.gemm_min_reduction
     )
+
+
+@pytest.fixture
+def launched(monkeypatch):
+    """The names of the kernels the conv, deformable and RoI ops launch, in order."""
+    from fastconv.backends.numba_cuda import conv, deform, roi
+
+    names = []
+    for module in (conv, deform, roi):
+        def spy(kernel, *args, _real=module.launch, **kwargs):
+            names.append(kernel.py_func.__name__)
+            return _real(kernel, *args, **kwargs)
+
+        monkeypatch.setattr(module, "launch", spy)
+    return names

@@ -215,22 +215,6 @@ def run_depthwise(cfg, dtype):
     return got, ref
 
 
-@pytest.fixture
-def launched(monkeypatch):
-    """The names of the kernels conv2d launches."""
-    from fastconv.backends.numba_cuda import conv
-
-    names = []
-    real = conv.launch
-
-    def spy(kernel, *args, **kwargs):
-        names.append(kernel.py_func.__name__)
-        return real(kernel, *args, **kwargs)
-
-    monkeypatch.setattr(conv, "launch", spy)
-    return names
-
-
 # ----------------------------------------------------------------------------- conv2d: grouped
 
 GROUPED = [

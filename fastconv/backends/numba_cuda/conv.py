@@ -159,7 +159,7 @@ def conv_transpose2d(x, weight, bias, *, stride, padding, dilation, groups, out_
         tiles, rules = path_tiles(arm and arm["PATH"], Kg, (C // groups) * taps, phase_pixels,
                                   n_z)
         if tiles is not None:
-            return (_transposed_gemm(T, tiles, bounded_path(arm, rules)),
+            return (_gemm_kernels(T, tiles, bounded_path(arm, rules))[1],
                     grid_tiles(tiles, phase_pixels, Kg, n_z), tiles.threads, 0, args)
         # unguarded: no flags (the kernel tests nonfinite.shape[0])
         return direct, direct_grid, block, 0, args + (absent(None, np.int32, 1),)
@@ -271,19 +271,18 @@ def _direct_kernels(T):
 
 
 def _gemm_kernels(T, tiles, transposed_two_blocks=False):
-    return _built_gemm_kernels(T, tiles, bool(transposed_two_blocks))
+    """``(conv2d_gemm, conv_transpose2d_gemm)``; ``transposed_two_blocks``: the transposed
+    GEMM held to two blocks per SM (autotuning's arm).  Where that changes nothing (the
+    narrow tile already is, float64 cannot be) the default kernels are returned, the same
+    objects, so autotuning sees one plan and nothing is compiled twice."""
+    bounded = bool(transposed_two_blocks and tiles.TM * tiles.TN > 8
+                   and two_blocks_bounds(T, tiles))
+    return _built_gemm_kernels(T, tiles, bounded)
 
 
 @functools.cache  # built once per dtype, compile-time shape and launch bounds (positional
 def _built_gemm_kernels(T, tiles, transposed_two_blocks):  # arguments: one cache key each)
     return _build_gemm(T, tiles, transposed_two_blocks)
-
-
-def _transposed_gemm(T, tiles, two_blocks: bool):
-    """conv_transpose2d's GEMM kernel; ``two_blocks``: held to two blocks per SM, where that
-    is not already so (the same kernel object otherwise, so autotuning sees one plan)."""
-    bounded = two_blocks and tiles.TM * tiles.TN > 8 and bool(two_blocks_bounds(T, tiles))
-    return _gemm_kernels(T, tiles, bounded)[1]
 
 
 def ptx_cases(T):
@@ -305,7 +304,7 @@ def ptx_cases(T):
             (f"conv2d_gemm{tiles.BM}", g[0], conv_gemm),
             (f"conv_transpose2d_gemm{tiles.BM}", g[1], conv + (i, i)),
         ]
-        bounded = _transposed_gemm(T, tiles, True)
+        bounded = _gemm_kernels(T, tiles, True)[1]
         if bounded is not g[1]:  # autotuning's two-blocks-per-SM arm (float32 only)
             cases.append((f"conv_transpose2d_gemm{tiles.BM}_2blocks", bounded, conv + (i, i)))
     cases += [

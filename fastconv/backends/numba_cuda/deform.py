@@ -59,8 +59,8 @@ def deform_conv2d(
     def plan(arm):
         tiles, rules = path_tiles(arm and arm["PATH"], Kg, Cg * kH * kW, Ho * Wo, N * groups)
         if tiles is not None:
-            two_blocks = bounded_path(arm, rules) and bool(two_blocks_bounds(T, tiles))
-            return (_gemm_kernel(T, tiles, two_blocks), grid_tiles(tiles, Ho * Wo, Kg, N * groups),
+            return (_gemm_kernel(T, tiles, bounded_path(arm, rules)),
+                    grid_tiles(tiles, Ho * Wo, Kg, N * groups),
                     tiles.threads, 0, args)
         block = settings.block
         return _direct_kernel(T), grid_2d(Ho * Wo, N * K, block), block, 0, args
@@ -78,7 +78,9 @@ def _direct_kernel(T):
 
 
 def _gemm_kernel(T, tiles, two_blocks=False):
-    return _built_gemm_kernel(T, tiles, bool(two_blocks))
+    """The GEMM kernel; ``two_blocks``: held to two blocks per SM (autotuning's arms), where
+    that can apply (else the default kernel, the same object: one plan, one compile)."""
+    return _built_gemm_kernel(T, tiles, bool(two_blocks and two_blocks_bounds(T, tiles)))
 
 
 @functools.cache  # built once per dtype, compile-time shape and launch bounds (positional
@@ -94,9 +96,9 @@ def ptx_cases(T):
     cases = [("deform_conv2d_direct", _direct_kernel(T), dcn)]
     for tiles in (settings.tiles_wide, settings.tiles_narrow):
         cases.append((f"deform_conv2d_gemm{tiles.BM}", _gemm_kernel(T, tiles), dcn))
-        if two_blocks_bounds(T, tiles):  # autotuning's two-blocks-per-SM arms (float32)
-            cases.append((f"deform_conv2d_gemm{tiles.BM}_2blocks",
-                          _gemm_kernel(T, tiles, True), dcn))
+        bounded = _gemm_kernel(T, tiles, True)
+        if bounded is not cases[-1][1]:  # autotuning's two-blocks-per-SM arms (float32)
+            cases.append((f"deform_conv2d_gemm{tiles.BM}_2blocks", bounded, dcn))
     return cases
 
 
