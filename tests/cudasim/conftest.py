@@ -13,6 +13,10 @@ The simulator is also made to check what it would otherwise let pass
 (``_checked_memory.py``): negative indices are errors, each block's shared memory starts
 poisoned (NaN), and two threads touching one shared element with no barrier between them
 raise ``SharedMemoryRace``.
+
+``FASTCONV_SIM_CASES`` (default 25) sets how many random configurations each op x dtype
+x path draws, for a wider run by hand:
+``FASTCONV_SIM_CASES=300 NUMBA_ENABLE_CUDASIM=1 python -m pytest -n 2 tests/cudasim``.
 """
 
 import os

@@ -8,6 +8,8 @@ boxes outside the image, aligned, adaptive sampling, NaN data; conv ops run thro
 the direct and the implicit-GEMM kernels (``path`` fixture).  Inputs must never be written.
 """
 
+import os
+
 import numpy as np
 import pytest
 from numba import cuda
@@ -772,7 +774,8 @@ def test_box_check_on_the_device(dtype, monkeypatch):
 
 # ------------------------------------------------------------------------ random configurations
 
-N_RANDOM = 25
+#: random configurations per op x dtype x path; ``FASTCONV_SIM_CASES`` widens a run (CI: 25)
+N_RANDOM = int(os.environ.get("FASTCONV_SIM_CASES", "25"))
 
 
 def random_conv2d(rng, dtype):
@@ -956,7 +959,7 @@ def test_small_launch_settings_are_in_effect():
 def test_public_api_random_cases(op, dtype):
     """The public functions dispatch numba device arrays to this backend (lead's case generator)."""
     rc = pytest.importorskip("fastconv._random_cases")
-    for seed in range(4):
+    for seed in range(max(4, N_RANDOM // 6)):
         rng = np.random.default_rng([seed, 17])
 
         def pick(lo, hi, rng=rng):
