@@ -96,7 +96,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
-from ._config import SERIAL_JIT_OPTIONS, parallel_kernel
+from ._config import SERIAL_JIT_OPTIONS, multiply_add, parallel_kernel, target_cpu_features
 
 __all__ = ["conv2d", "conv_transpose2d"]
 
@@ -110,13 +110,7 @@ def _target_simd() -> tuple[int, int]:
     """(bytes per SIMD register, number of SIMD registers) of numba's compilation target:
     AVX-512 (64, 32), AVX/AVX2 (32, 16), otherwise SSE/NEON-like (16, 16).  Follows
     ``NUMBA_CPU_NAME`` / ``NUMBA_CPU_FEATURES`` when they are set."""
-    from numba.core import config
-    from numba.core.codegen import get_host_cpu_features
-
-    if str(config.CPU_NAME).lower() == "generic":
-        return 16, 16
-    feats = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
-    flags = set(feats.split(","))
+    flags = target_cpu_features()
     if "+avx512f" in flags:
         return 64, 32
     if "+avx2" in flags or "+avx" in flags:
@@ -176,14 +170,6 @@ def _data_ptr(context, builder, aryty, ary, index):
 
 def _vec_ptr(builder, ptr, vecty):
     return builder.bitcast(ptr, vecty.as_pointer())
-
-
-def _vfma(builder, a, b, c):
-    vecty = a.type
-    suffix = "f32" if isinstance(vecty.element, ir.FloatType) else "f64"
-    fnty = ir.FunctionType(vecty, [vecty] * 3)
-    fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.fma.v{vecty.count}{suffix}")
-    return builder.call(fn, [a, b, c])
 
 
 def _splat(builder, scalar, vecty):
@@ -465,7 +451,7 @@ def tile_fma(typingctx, acc, xs, xoff, ws, woff, wstride):
             w = _splat(builder, builder.load(p), vecty)
             for v in range(tt.nv):
                 i = k * tt.nv + v
-                prod = _vfma(builder, xvecs[v], w, builder.extract_value(accv, i))
+                prod = multiply_add(builder, xvecs[v], w, builder.extract_value(accv, i))
                 accv = builder.insert_value(accv, prod, i)
         return accv
 

@@ -34,7 +34,7 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from ._bilinear import bilinear_zero_pad
-from ._config import SERIAL_JIT_OPTIONS, parallel_kernel
+from ._config import SERIAL_JIT_OPTIONS, multiply_add, parallel_kernel
 
 # Target size of the per-tile column buffer (bytes), and the most pixels per tile.
 # (64 KiB - 512 KiB measured the same on deform_dcnv2; 256 KiB leaves room in L2.)
@@ -78,16 +78,6 @@ def _to_bordered_nhwc(x, xb):
                     xb[n, row + xx + 1, c] = x[n, c, y, xx]
 
 
-def _fma(builder, a, b, c):
-    """``a*b + c`` (``llvm.fma``) for float / double scalars or vectors."""
-    ty = a.type
-    elem = ty.element if isinstance(ty, ir.VectorType) else ty
-    name = "f32" if isinstance(elem, ir.FloatType) else "f64"
-    if isinstance(ty, ir.VectorType):
-        name = f"v{ty.count}{name}"
-    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty] * 3),
-                                        f"llvm.fma.{name}")
-    return builder.call(fn, [a, b, c])
 
 
 def _splat(builder, value, vty):
@@ -119,7 +109,7 @@ def _bilerp_codegen(context, builder, sig, args):
         v = [load(builder.gep(p, [k]), ty) for p in s_ptrs]
         t = builder.fmul(wvals[0], v[0])
         for j in range(1, 4):
-            t = _fma(builder, wvals[j], v[j], t)
+            t = multiply_add(builder, wvals[j], v[j], t)
         store(builder.fmul(wvals[4], t), builder.gep(d_ptr, [k]), ty)
 
     def vload(p, ty):
@@ -200,7 +190,8 @@ def _dot_tile_codegen(context, builder, sig, args):
             av = builder.load(builder.bitcast(builder.gep(pa[i], [k]), vty.as_pointer()),
                               align=esize)
             for j in range(4):
-                builder.store(_fma(builder, av, bv[j], builder.load(acc[i][j])), acc[i][j])
+                builder.store(multiply_add(builder, av, bv[j], builder.load(acc[i][j])),
+                              acc[i][j])
     # the K % lanes tail, in scalars
     zero_s = ir.Constant(elt, 0.0)
     tail = [[cgutils.alloca_once_value(builder, zero_s) for _ in range(4)] for _ in range(6)]
@@ -211,7 +202,8 @@ def _dot_tile_codegen(context, builder, sig, args):
         for i in range(6):
             av = builder.load(builder.gep(pa[i], [k]))
             for j in range(4):
-                builder.store(_fma(builder, av, bs[j], builder.load(tail[i][j])), tail[i][j])
+                builder.store(multiply_add(builder, av, bs[j], builder.load(tail[i][j])),
+                              tail[i][j])
     sums = []
     for i in range(6):
         for j in range(4):
