@@ -37,6 +37,9 @@ def info(args) -> int:
     for dist in ("numpy", "numba", "numba-cuda", "cupy-cuda13x", "cuda-bindings", "torch"):
         print(f"{dist:13s} {_version(dist)}")
     print(f"numba threads: {numba.get_num_threads()} (of {numba.config.NUMBA_NUM_THREADS})")
+    from .backends.cpu._config import describe_target
+
+    print(f"cpu target:    {describe_target()}")
     print("backends:")
     for name in ("cpu", "reference", *GPU_BACKENDS):
         ok, why = _dispatch.backend_status(name)

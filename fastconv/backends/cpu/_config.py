@@ -104,6 +104,25 @@ def _multiply_add_intrinsic() -> str:
 MULTIPLY_ADD_INTRINSIC = _multiply_add_intrinsic()
 
 
+def describe_target() -> str:
+    """One line on what the CPU kernels are compiled for (``python -m fastconv info``):
+    numba's CPU name, the widest SIMD its features allow, and whether it has FMA."""
+    import llvmlite.binding as llvm
+    from numba.core import config
+
+    name = config.CPU_NAME or llvm.get_host_cpu_name()
+    flags = target_cpu_features()
+    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
+    if not x86:
+        return f"{name} ({platform.machine()})"
+    simd = ("AVX-512" if "+avx512f" in flags else "AVX2" if "+avx2" in flags
+            else "AVX" if "+avx" in flags else "SSE")
+    text = f"{name}, {simd}, {'FMA' if '+fma' in flags else 'no FMA'}"
+    if config.CPU_NAME is not None:
+        text += " (NUMBA_CPU_NAME: portable code, slower than the host's own)"
+    return text
+
+
 def multiply_add(builder, a, b, c):
     """Emit ``a*b + c`` for float / double scalars or vectors (the kernels' intrinsics' one
     multiply-add): fused where the target has FMA (``MULTIPLY_ADD_INTRINSIC``)."""
@@ -175,4 +194,5 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 __all__ = ["EXACT_JIT_OPTIONS", "FASTMATH", "JIT_OPTIONS", "MULTIPLY_ADD_INTRINSIC",
-           "SERIAL_JIT_OPTIONS", "multiply_add", "parallel_kernel", "target_cpu_features"]
+           "SERIAL_JIT_OPTIONS", "describe_target", "multiply_add", "parallel_kernel",
+           "target_cpu_features"]
