@@ -20,9 +20,9 @@ def test_info_lists_backends():
 def test_info_names_a_portable_target_and_its_missing_fma():
     """``NUMBA_CPU_NAME=generic`` (a portable cache) compiles SSE2 code without FMA: 3-4x
     slower than the host's own, which ``info`` says."""
-    import platform
+    from fastconv.backends.cpu import _config
 
-    if platform.machine().lower() not in ("x86_64", "amd64"):
+    if not _config.target_is_x86():
         pytest.skip("the generic target lacks FMA only on x86")
     out = _run("info", env={"NUMBA_CPU_NAME": "generic"})
     assert out.returncode == 0, out.stderr

@@ -677,11 +677,12 @@ def test_target_without_fma_multiplies_and_adds_instead_of_calling_libm(tmp_path
     every conv and deform_conv2d case 8-23x slower there (dilated_aspp 1167 ms instead of
     50 ms on the dev VM)."""
     import os
-    import platform
     import subprocess
     import sys
 
-    if platform.machine().lower() not in ("x86_64", "amd64"):
+    from fastconv.backends.cpu import _config
+
+    if not _config.target_is_x86():
         pytest.skip("the generic target has FMA off only on x86")
     env = dict(os.environ, NUMBA_CPU_NAME="generic", NUMBA_CACHE_DIR=str(tmp_path))
     env.pop("NUMBA_CPU_FEATURES", None)

@@ -77,6 +77,12 @@ EXACT_JIT_OPTIONS = {**SERIAL_JIT_OPTIONS, "fastmath": False}
 
 
 
+def target_is_x86() -> bool:
+    """Whether numba compiles for x86 (it compiles for the machine it runs on)."""
+    return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
+
+
+@functools.cache  # numba reads its target once per process, as this does
 def target_cpu_features() -> frozenset:
     """The CPU features numba compiles for (``"+avx512f"``, ``"+fma"``, ...): the host's, or
     ``NUMBA_CPU_FEATURES`` when set (numba sets it to none for ``NUMBA_CPU_NAME=generic``).
@@ -96,8 +102,8 @@ def _multiply_add_intrinsic() -> str:
     # NUMBA_CPU_NAME=generic).  llvm.fmuladd is a multiply and an add there, and a fused
     # multiply-add wherever FMA is fast; elsewhere the kernels keep llvm.fma, so their code
     # on FMA targets is what was measured.
-    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
-    return "llvm.fmuladd" if x86 and "+fma" not in target_cpu_features() else "llvm.fma"
+    return ("llvm.fmuladd" if target_is_x86() and "+fma" not in target_cpu_features()
+            else "llvm.fma")
 
 
 #: ``llvm.fma`` where the target has hardware FMA, else ``llvm.fmuladd``
@@ -112,8 +118,7 @@ def describe_target() -> str:
 
     name = config.CPU_NAME or llvm.get_host_cpu_name()
     flags = target_cpu_features()
-    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
-    if not x86:
+    if not target_is_x86():
         return f"{name} ({platform.machine()})"
     simd = ("AVX-512" if "+avx512f" in flags else "AVX2" if "+avx2" in flags
             else "AVX" if "+avx" in flags else "SSE")
@@ -195,4 +200,4 @@ if hasattr(os, "register_at_fork"):
 
 __all__ = ["EXACT_JIT_OPTIONS", "FASTMATH", "JIT_OPTIONS", "MULTIPLY_ADD_INTRINSIC",
            "SERIAL_JIT_OPTIONS", "describe_target", "multiply_add", "parallel_kernel",
-           "target_cpu_features"]
+           "target_cpu_features", "target_is_x86"]

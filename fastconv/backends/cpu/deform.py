@@ -78,8 +78,6 @@ def _to_bordered_nhwc(x, xb):
                     xb[n, row + xx + 1, c] = x[n, c, y, xx]
 
 
-
-
 def _splat(builder, value, vty):
     v = builder.insert_element(ir.Constant(vty, None), value, ir.Constant(ir.IntType(32), 0))
     return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), vty.count),
